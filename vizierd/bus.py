@@ -1,0 +1,382 @@
+"""The in-process async event bus.
+
+Publishing runs an event through the stages (the dedup stage, then the
+ledger), stamps each resulting event with its per-session ``seq`` and hands
+it to every subscriber's own bounded queue.  Each subscriber is served by its
+own task, so a slow or broken one never holds up the others:
+
+* a queue that is full either makes the publisher wait (``block``: nothing is
+  lost, the producer slows down) or drops its oldest event (``drop_oldest``:
+  the drop is counted and reported);
+* a subscriber sees events in publish order;
+* a handler that raises or runs past its timeout is logged and counted, and
+  after ``max_failures`` failures in a row the subscriber is quarantined and
+  a ``subscriber.failed`` event is published;
+* closing the bus drains every queue, up to a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from vizierd.errors import BusClosed
+from vizierd.events import AnyEvent, SessionEnded, SubscriberFailed
+
+__all__ = [
+    "Bus",
+    "Policy",
+    "Stage",
+    "Subscriber",
+    "Subscription",
+]
+
+logger = logging.getLogger(__name__)
+
+Policy = Literal["block", "drop_oldest"]
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """What the bus needs of a subscriber.
+
+    A subscriber may also define ``policy`` (:data:`Policy`), ``capacity``
+    (queue size), ``timeout`` (seconds per event) and an async ``aclose()``
+    that the bus awaits once its queue is drained on shutdown.
+    """
+
+    name: str
+
+    async def handle(self, event: AnyEvent) -> None:
+        """Consume one event."""
+
+
+class Stage(Protocol):
+    """A synchronous step every event passes before the subscribers see it."""
+
+    name: str
+
+    def process(self, event: AnyEvent) -> AnyEvent | list[AnyEvent] | None:
+        """Return the event(s) to pass on, or ``None`` to drop the event."""
+
+
+class Subscription:
+    """One subscriber attached to the bus: its queue, its task, its counters."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        subscriber: Subscriber,
+        *,
+        policy: Policy,
+        capacity: int,
+        timeout: float,
+        max_failures: int,
+        accepts: Callable[[AnyEvent], bool] | None,
+    ) -> None:
+        self.bus = bus
+        self.subscriber = subscriber
+        self.name = subscriber.name
+        self.policy: Policy = policy
+        self.capacity = max(1, capacity)
+        self.timeout = timeout
+        self.max_failures = max_failures
+        self.accepts = accepts
+
+        self.state: Literal["running", "quarantined", "closed"] = "running"
+        self.handled = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+
+        self._items: deque[AnyEvent] = deque()
+        self._readable: anyio.Event | None = None
+        self._writable: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+        self._busy = False
+        self._write_lock = anyio.Lock()
+        self._waiting_writers = 0
+
+    # --- the producer side -------------------------------------------------
+
+    async def put(self, event: AnyEvent) -> None:
+        """Queue one event, applying the overflow policy."""
+        if self.state != "running":
+            return
+        items = self._items
+        if len(items) < self.capacity and not self._waiting_writers:
+            items.append(event)
+            self._wake_reader()
+            return
+
+        if self.policy == "drop_oldest":
+            while len(items) >= self.capacity:
+                items.popleft()
+                self.dropped += 1
+            items.append(event)
+            self._wake_reader()
+            return
+
+        # Back-pressure.  The lock is fair, so writers that arrive while
+        # others wait queue up behind them and publish order is kept.
+        self._waiting_writers += 1
+        try:
+            async with self._write_lock:
+                while len(items) >= self.capacity and self.state == "running":
+                    writable = self._writable = anyio.Event()
+                    await writable.wait()
+                if self.state == "running":
+                    items.append(event)
+                    self._wake_reader()
+        finally:
+            self._waiting_writers -= 1
+
+    def _wake_reader(self) -> None:
+        readable = self._readable
+        if readable is not None:
+            self._readable = None
+            readable.set()
+
+    def _wake_writer(self) -> None:
+        writable = self._writable
+        if writable is not None:
+            self._writable = None
+            writable.set()
+
+    # --- the consumer side -------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the queue until the subscription is closed or quarantined."""
+        items = self._items
+        handle: Callable[[AnyEvent], Awaitable[None]] = self.subscriber.handle
+        while self.state == "running":
+            if not items:
+                self._busy = False
+                self._signal_idle()
+                readable = self._readable = anyio.Event()
+                await readable.wait()
+                continue
+
+            self._busy = True
+            event = items.popleft()
+            self._wake_writer()
+            try:
+                with anyio.fail_after(self.timeout):
+                    await handle(event)
+            except TimeoutError:
+                await self._failed(f"handler timed out after {self.timeout:g}s")
+            except Exception as exc:  # a plugin may raise anything
+                await self._failed(f"{type(exc).__name__}: {exc}")
+            else:
+                self.handled += 1
+                self.consecutive_failures = 0
+
+    def _signal_idle(self) -> None:
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            idle.set()
+
+    async def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = reason
+        logger.warning("subscriber %s failed: %s", self.name, reason)
+        if self.consecutive_failures >= self.max_failures:
+            await self.bus._quarantine(self, reason)
+
+    def _stop(self, state: Literal["quarantined", "closed"]) -> None:
+        self.state = state
+        self._items.clear()
+        self._busy = False
+        self._wake_reader()
+        self._signal_idle()
+        # Release every writer blocked on a full queue: nothing more will be
+        # consumed here.
+        writable = self._writable
+        if writable is not None:
+            writable.set()
+
+    async def wait_drained(self) -> None:
+        """Return once the queue is empty and no handler is running."""
+        while self.state == "running" and (self._items or self._busy):
+            idle = self._idle = anyio.Event()
+            await idle.wait()
+
+    def stats(self) -> dict[str, object]:
+        """Return the counters shown by ``vizier plugins`` and daemon status."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "policy": self.policy,
+            "queued": len(self._items),
+            "handled": self.handled,
+            "failures": self.failures,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+
+class Bus:
+    """The event bus.  Use it as an async context manager::
+
+        async with Bus([DedupStage(), Ledger()]) as bus:
+            bus.subscribe(my_subscriber)
+            await bus.publish(event)
+
+    Leaving the block closes the bus with :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage] = (),
+        *,
+        timeout: float = 10.0,
+        capacity: int = 1024,
+        max_failures: int = 3,
+        drain_deadline: float = 5.0,
+    ) -> None:
+        self.stages = list(stages)
+        self.timeout = timeout
+        self.capacity = capacity
+        self.max_failures = max_failures
+        self.drain_deadline = drain_deadline
+        self.subscriptions: list[Subscription] = []
+        self.quarantined: list[Subscription] = []
+        self._seq: dict[str | None, int] = {}
+        self._tg: TaskGroup | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Bus:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        try:
+            await self.aclose()
+        finally:
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            result = await self._tg.__aexit__(*exc_info)  # type: ignore[arg-type]
+        return result
+
+    def subscribe(
+        self,
+        subscriber: Subscriber,
+        *,
+        policy: Policy | None = None,
+        capacity: int | None = None,
+        timeout: float | None = None,
+        accepts: Callable[[AnyEvent], bool] | None = None,
+    ) -> Subscription:
+        """Attach ``subscriber`` and start serving it; return its subscription.
+
+        Arguments left as ``None`` come from the subscriber's own attributes,
+        then from the bus defaults.
+        """
+        if self._tg is None:
+            raise RuntimeError("the bus is not running; use it as 'async with'")
+        sub = Subscription(
+            self,
+            subscriber,
+            policy=policy or getattr(subscriber, "policy", "block"),
+            capacity=capacity or getattr(subscriber, "capacity", self.capacity),
+            timeout=timeout or getattr(subscriber, "timeout", self.timeout),
+            max_failures=self.max_failures,
+            accepts=accepts or getattr(subscriber, "accepts", None),
+        )
+        self.subscriptions.append(sub)
+        self._tg.start_soon(sub.run, name=f"subscriber {sub.name}")
+        return sub
+
+    async def unsubscribe(self, sub: Subscription, *, drain: bool = True) -> None:
+        """Detach a subscription, after its queue is drained if ``drain``."""
+        if drain:
+            with anyio.move_on_after(self.drain_deadline):
+                await sub.wait_drained()
+        if sub in self.subscriptions:
+            self.subscriptions.remove(sub)
+        sub._stop("closed")
+
+    async def publish(self, event: AnyEvent) -> None:
+        """Run ``event`` through the stages and queue the result for everyone.
+
+        Raises :class:`~vizierd.errors.BusClosed` once the bus is closing.
+        """
+        if self._closed:
+            raise BusClosed("the event bus is closed")
+
+        events: list[AnyEvent] = [event]
+        for stage in self.stages:
+            passed: list[AnyEvent] = []
+            for item in events:
+                out = stage.process(item)
+                if out is None:
+                    continue
+                if isinstance(out, list):
+                    passed.extend(out)
+                else:
+                    passed.append(out)
+            events = passed
+
+        seq = self._seq
+        for item in events:
+            sid = item.session_id
+            item.seq = seq[sid] = seq.get(sid, 0) + 1
+            if isinstance(item, SessionEnded):
+                # Sequence numbers restart only for a new session run.
+                seq.pop(sid, None)
+            for sub in self.subscriptions:
+                accepts = sub.accepts
+                if accepts is None or accepts(item):
+                    await sub.put(item)
+
+    async def _quarantine(self, sub: Subscription, reason: str) -> None:
+        if sub.state != "running":
+            return
+        if sub in self.subscriptions:
+            self.subscriptions.remove(sub)
+        sub._stop("quarantined")
+        self.quarantined.append(sub)
+        logger.error("subscriber %s quarantined: %s", sub.name, reason)
+        if not self._closed:
+            await self.publish(SubscriberFailed(subscriber=sub.name, reason=reason))
+
+    async def drain(self) -> None:
+        """Wait until every queue is empty and every handler idle."""
+        for sub in list(self.subscriptions):
+            await sub.wait_drained()
+
+    async def aclose(self) -> None:
+        """Stop publishing, drain every queue up to the deadline, close all."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.move_on_after(self.drain_deadline) as scope:
+            await self.drain()
+        if scope.cancelled_caught:
+            left = {s.name: len(s._items) for s in self.subscriptions if s._items}
+            logger.warning("bus drain deadline passed; events left: %s", left)
+
+        for sub in list(self.subscriptions):
+            sub._stop("closed")
+            closer = getattr(sub.subscriber, "aclose", None)
+            if closer is None:
+                continue
+            with anyio.move_on_after(sub.timeout, shield=True):
+                try:
+                    await closer()
+                except Exception:
+                    logger.exception("subscriber %s failed to close", sub.name)
+        self.subscriptions.clear()
+
+    def stats(self) -> list[dict[str, object]]:
+        """Return the counters of every subscription, quarantined ones too."""
+        return [sub.stats() for sub in self.subscriptions + self.quarantined]

@@ -1,0 +1,118 @@
+"""What each request does, the same in the daemon and in process.
+
+The daemon's server and the ``--no-daemon`` runner both hand requests to
+these functions, so a command behaves the same either way; only where the
+events are rendered differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from vizierd.errors import InputError, UsageError
+from vizierd.events import OutcomeDoc
+from vizierd.ingest.runner import InputSource, ingest, order_parents_first
+from vizierd.pipeline import Pipeline
+from vizierd.protocol import AskRequest, IngestRequest
+from vizierd.render import Renderer
+
+__all__ = ["codex_home_inputs", "run_ask_request", "run_ingest_request"]
+
+logger = logging.getLogger(__name__)
+
+OnStart = Callable[[str], None]
+
+
+def codex_home_inputs(home: Path) -> list[Path]:
+    """Return every rollout under ``home``/sessions and ``home``/archived_sessions.
+
+    When the same file name is in both, the one under ``sessions`` wins.
+    Raises :class:`InputError` when ``home`` has neither folder.
+    """
+    live = home / "sessions"
+    archived = home / "archived_sessions"
+    if not live.is_dir() and not archived.is_dir():
+        raise InputError(
+            f"{home}: not a Codex home (no sessions/ or archived_sessions/ folder)"
+        )
+    found: dict[str, Path] = {}
+    for folder in (archived, live):
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*.jsonl")):
+                found[path.name] = path
+    return sorted(found.values())
+
+
+async def run_ingest_request(
+    pipeline: Pipeline, req: IngestRequest, on_start: OnStart | None = None
+) -> list[OutcomeDoc]:
+    """Ingest every input of ``req``, parents before forks; return the outcomes."""
+    if req.follow and (req.data is not None or len(req.paths) != 1):
+        raise UsageError("--follow takes exactly one file")
+
+    sources: list[InputSource] = []
+    if req.data is not None:
+        sources.append(InputSource(name="<stdin>", data=req.data))
+    paths = [Path(p) for p in req.paths]
+    if req.codex_home:
+        paths += codex_home_inputs(Path(req.codex_home))
+    for path in order_parents_first(paths):
+        sources.append(InputSource(name=str(path), path=path, follow=req.follow))
+    if not sources:
+        raise UsageError(
+            "nothing to ingest: name files, '-' for stdin, or --codex-home"
+        )
+
+    outcomes = []
+    for source in sources:
+        outcome = await ingest(
+            pipeline,
+            source,
+            fmt=req.format,
+            cwd=req.cwd,
+            client_pid=req.client_pid,
+            on_start=on_start,
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
+async def run_ask_request(
+    pipeline: Pipeline, req: AskRequest, on_start: OnStart | None = None
+) -> OutcomeDoc:
+    """Run one ``ask``; return its outcome."""
+    from vizierd.backends.openai_backend import run_ask
+    from vizierd.sessions import SessionHandle, SessionSpec
+
+    spec = SessionSpec(
+        action="ask",
+        source="openai-responses" if req.api == "responses" else "openai-chat",
+        cwd=req.cwd,
+        session_id=req.session,
+        model=req.model,
+        provider="openai",
+        client_pid=req.client_pid,
+    )
+
+    async def produce(handle: SessionHandle) -> None:
+        await run_ask(handle, req)
+
+    return await pipeline.run(spec, produce, on_start)
+
+
+async def run_query(pipeline: Pipeline, req: object) -> object:
+    """Answer a request that runs no session (plugins, usage, sessions)."""
+    from vizierd.protocol import PluginsRequest
+
+    if isinstance(req, PluginsRequest):
+        return pipeline.stats()
+    raise UsageError(f"this command is not available here: {type(req).__name__}")
+
+
+def print_result(req: object, result: object, renderer: Renderer) -> None:
+    """Print a query's result: JSON with ``--json``, else a readable table."""
+    from vizierd.tables import print_result as _print
+
+    _print(req, result, renderer)
