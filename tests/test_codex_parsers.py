@@ -55,8 +55,8 @@ def real_files(folder: str) -> list[Any]:
 
 @cache
 def expected() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((REAL / "expected.json").read_text())
-    return data["files"]
+    files: dict[str, Any] = json.loads((REAL / "expected.json").read_text())["files"]
+    return files
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -96,7 +96,7 @@ def run(parser: Parser, lines: Iterable[bytes], sid: str = "session") -> Run:
     return Run(ledger.usage(sid), dedup.dropped, passed)
 
 
-def assert_usage(usage: TokenUsage | None, want: dict[str, int]) -> None:
+def assert_usage(usage: TokenUsage | None, want: dict[str, int | None]) -> None:
     assert usage is not None
     assert usage.known
     assert usage.unknown_calls == 0
@@ -114,7 +114,7 @@ def assert_unknown(usage: TokenUsage | None) -> None:
     assert usage is not None
     assert not usage.known
     assert (usage.calls, usage.unknown_calls) == (1, 1)
-    assert (usage.prompt_total, usage.completion_total, usage.total) == (0, 0, 0)
+    assert (usage.prompt_total, usage.completion_total, usage.total) == (None,) * 3
     assert usage.cached_input_total is None
     assert usage.reasoning_output_total is None
 
@@ -212,6 +212,11 @@ def test_fork_with_known_parent_counts_only_its_own_calls(family: str) -> None:
     assert result.usage is not None
     assert result.usage.calls == want["own_calls"]
     assert child.waiting_for_parent is None
+    [progress] = result.of(Progress)
+    assert progress.message == (
+        f"{want['replayed_prefix_rows']} token rows replayed from parent session "
+        f"{want['forked_from_id']}"
+    )
 
 
 @needs_forks

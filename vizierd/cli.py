@@ -430,3 +430,7 @@ def main() -> NoReturn:
 def daemon_main() -> NoReturn:
     """Console entry point of ``vizierd``: the daemon in the foreground."""
     sys.exit(run(["daemon", "start", "--foreground", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -115,7 +115,7 @@ class DedupRecord(msgspec.Struct, kw_only=True):
     """Drop counts by reason, and the stage's state to resume from."""
 
     dropped: dict[str, int] = msgspec.field(default_factory=dict)
-    state: dict[str, object] = msgspec.field(default_factory=dict)
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class SessionStarted(Event, tag="session.started", kw_only=True):

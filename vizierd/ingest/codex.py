@@ -290,9 +290,13 @@ class CodexRolloutParser:
 
         kind = record.type
         if kind == "event_msg":
-            yield from self._event_msg(line_no, record)
+            usage = self._event_msg(line_no, record)
+            if usage is not None:
+                yield usage
         elif kind == "response_item":
-            yield from self._response_item(line_no, record)
+            message = self._response_item(line_no, record)
+            if message is not None:
+                yield message
         elif kind == "turn_context":
             self._turn_context(line_no, record)
         elif kind == "session_meta":
@@ -326,7 +330,8 @@ class CodexRolloutParser:
             yield Progress(
                 kind="ingest",
                 phase="fork",
-                message=f"{self.replayed} rows replayed from {self.meta.parent_id}",
+                message=f"{self.replayed} token rows replayed from parent session "
+                f"{self.meta.parent_id}",
                 detail="counted in the parent session",
             )
         if self.skipped:
@@ -383,7 +388,7 @@ class CodexRolloutParser:
         if context.model:
             self.meta.model = context.model
 
-    def _event_msg(self, line_no: int, record: _Line) -> Iterator[AnyEvent]:
+    def _event_msg(self, line_no: int, record: _Line) -> UsageObserved | None:
         try:
             event = _event_decoder.decode(record.payload)
         except msgspec.ValidationError as exc:
@@ -392,14 +397,14 @@ class CodexRolloutParser:
         if event.type != "token_count":
             if event.type not in _KNOWN_EVENT_MSGS:
                 self.skipped[f"event_msg/{event.type}"] += 1
-            return
+            return None
         try:
             info = _info_decoder.decode(event.info)
         except msgspec.ValidationError as exc:
             where = _where(exc, "payload.info")
             raise self._error(line_no, f"token_count: {where}") from None
         if info is None:
-            return
+            return None
 
         last = info.last_token_usage
         row = TokenRow(
@@ -409,9 +414,9 @@ class CodexRolloutParser:
         )
         self.rows.append(row)
         if self.waiting_for_parent is not None:
-            return
+            return None
 
-        yield UsageObserved(
+        return UsageObserved(
             at=_parse_time(record.timestamp) or utcnow(),
             source="codex-rollout",
             scope="call",
@@ -436,26 +441,30 @@ class CodexRolloutParser:
         self._inherited = None
         return False
 
-    def _response_item(self, line_no: int, record: _Line) -> Iterator[AnyEvent]:
+    def _response_item(self, line_no: int, record: _Line) -> Message | None:
         try:
             item = _item_decoder.decode(record.payload)
-            if item.type != "message":
-                return
-            content = _content_decoder.decode(item.content)
         except msgspec.ValidationError as exc:
             where = _where(exc, "payload")
             raise self._error(line_no, f"response_item: {where}") from None
+        if item.type != "message":
+            return None
+        try:
+            content = _content_decoder.decode(item.content)
+        except msgspec.ValidationError as exc:
+            where = _where(exc, "payload.content")
+            raise self._error(line_no, f"message: {where}") from None
 
         role = _ROLES.get(item.role or "")
         if role is None:
-            return
+            return None
         if isinstance(content, list):
             text = "\n".join(part.text for part in content if part.text is not None)
         else:
             text = content or ""
         if role == "assistant":
             self.last_assistant = text
-        yield Message(
+        return Message(
             at=_parse_time(record.timestamp) or utcnow(),
             role=role,
             content=text,
@@ -503,7 +512,9 @@ class CodexExecParser:
 
         kind = record.type
         if kind == "item.completed":
-            yield from self._item(line_no, record)
+            message = self._item(line_no, record)
+            if message is not None:
+                yield message
         elif kind == "turn.completed":
             yield self._usage(line_no, record)
         elif kind == "turn.started":
@@ -548,7 +559,7 @@ class CodexExecParser:
     def _error(self, line_no: int, what: str) -> InputError:
         return InputError(f"{self.name}:{line_no}: {what}")
 
-    def _item(self, line_no: int, record: _ExecLine) -> Iterator[AnyEvent]:
+    def _item(self, line_no: int, record: _ExecLine) -> Message | None:
         try:
             item = _exec_item_decoder.decode(record.item)
         except msgspec.ValidationError as exc:
@@ -557,10 +568,10 @@ class CodexExecParser:
             ) from None
         # "assistant_message" is what early exec versions called it.
         if item.type not in ("agent_message", "assistant_message"):
-            return
+            return None
         text = item.text or ""
         self.last_assistant = text
-        yield Message(
+        return Message(
             role="assistant",
             content=text,
             request_id=f"{self._thread}:L{line_no}",

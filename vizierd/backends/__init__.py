@@ -1,0 +1,1 @@
+"""The model backends ``vizier ask`` calls."""
