@@ -13,7 +13,6 @@ ended and been written, nothing of it is kept.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import anyio
 import msgspec
 
 from vizierd import __version__
+from vizierd.atomic import write_atomic
 from vizierd.events import (
     AnyEvent,
     CallUsage,
@@ -48,30 +48,6 @@ logger = logging.getLogger(__name__)
 WRITE_INTERVAL = 0.25
 
 _encoder = msgspec.json.Encoder()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader never sees a partial file.
-
-    Raises :class:`OSError` when the file cannot be written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class _Open:

@@ -38,7 +38,6 @@ __all__ = [
     "Reply",
     "chat_body",
     "chat_chunks",
-    "cut_after",
     "error_reply",
     "held",
     "json_reply",
@@ -223,12 +222,6 @@ def _drop(sock: socket.socket | None) -> None:
     if sock is None:
         raise ConnectionAbortedError("the stream is cut here")
     sock.shutdown(socket.SHUT_RDWR)
-
-
-def cut_after(count: int, reply_events: Iterable[dict[str, Any] | str]) -> Reply:
-    """Reply with a stream of ``reply_events`` whose connection drops after
-    ``count`` of them."""
-    return sse_reply(reply_events, cut=count)
 
 
 def held(delay_reply: Reply) -> Reply:

@@ -380,9 +380,9 @@ def _redact(text: str, secret: str | None) -> str:
 
 
 def _public_url(url: str) -> str:
-    """Return ``url`` without a user name or password in it."""
-    parts = urlsplit(url)
+    """Return ``url`` without a user name or password, nor a trailing slash."""
+    parts = urlsplit(url.rstrip("/"))
     if "@" not in parts.netloc:
-        return url
+        return urlunsplit(parts)
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=host))

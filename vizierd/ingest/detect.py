@@ -89,7 +89,8 @@ def detect_format(first_line: bytes, name: str) -> str:
     """
     head = first_line.removeprefix(b"\xef\xbb\xbf")
     framed = False
-    for raw in head.splitlines():
+    where = name
+    for number, raw in enumerate(head.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -97,6 +98,7 @@ def detect_format(first_line: bytes, name: str) -> str:
         if found:
             return found
         if found is None:
+            where = f"{name}:{number}"
             break
         framed = True
     else:
@@ -109,7 +111,7 @@ def detect_format(first_line: bytes, name: str) -> str:
     else:
         what = "its first line is no known log or recording"
     raise InputError(
-        f"{name}: cannot tell the input format: {what}; "
+        f"{where}: cannot tell the input format: {what}; "
         f"it can be one of {', '.join(FORMATS)}: name it with --format"
     )
 

@@ -24,6 +24,7 @@ import aiofiles
 import anyio
 import msgspec
 
+from vizierd.atomic import write_atomic
 from vizierd.errors import InputError
 from vizierd.events import AnyEvent, OutcomeDoc
 from vizierd.ingest.base import InputMeta, Parser, TokenRow
@@ -79,8 +80,6 @@ class CodexStore:
             return None
 
     def save_rows(self, thread_id: str, rows: list[TokenRow]) -> None:
-        from subscribers.session_log import write_atomic
-
         write_atomic(self._rows_path(thread_id), msgspec.json.encode(rows))
 
     def _waiting_dir(self, parent_id: str) -> Path:
@@ -88,8 +87,6 @@ class CodexStore:
         return self.root / "waiting" / safe
 
     def add_waiting(self, parent_id: str, fork: WaitingFork) -> None:
-        from subscribers.session_log import write_atomic
-
         name = hashlib.sha256(fork.session_id.encode()).hexdigest()[:32]
         write_atomic(self._waiting_dir(parent_id) / name, msgspec.json.encode(fork))
 
@@ -220,7 +217,7 @@ async def ingest(
         if not source.follow:
             data = await _read(source)
             _check_text(source.name, data)
-            head = _first_line(data)
+            head = data[:65536]
         else:
             head = await _follow_head(source)
         if fmt == "auto":
