@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_helpers import Daemon
 from tests.helpers import Env
+
+pytest_plugins = ["tests.conftest_openai"]
 
 
 @pytest.fixture
@@ -29,3 +32,18 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.chdir(e.project)
     yield e
     os.environ.pop("VIZIER_SOCKET", None)
+
+
+@pytest.fixture
+def daemon(env: Env) -> Iterator[Daemon]:
+    """A short private socket path for a real daemon, stopped at teardown.
+
+    Nothing is started: call ``daemon.start()``.  Every process the test
+    starts through it, and any daemon autostarted on its socket, is stopped
+    (SIGTERM, then SIGKILL) when the test ends.
+    """
+    d = Daemon.make(env)
+    try:
+        yield d
+    finally:
+        d.cleanup()

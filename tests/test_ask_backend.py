@@ -213,7 +213,7 @@ async def test_running_usage_on_every_chunk_counts_once(
 ) -> None:
     # vLLM's continuous usage: a cumulative snapshot on every chunk, content
     # and usage on the same chunk, then a final chunk that repeats it.
-    chunks = []
+    chunks: list[dict[str, Any]] = []
     for n, word in enumerate(["a", "b", "c"], start=1):
         usage = {"prompt_tokens": 46, "total_tokens": 46 + n, "completion_tokens": n}
         chunks.append(
@@ -402,9 +402,7 @@ async def test_bad_api_key_names_the_variable_never_the_key(
     caplog.set_level("DEBUG")
     openai_server.script(
         CHAT,
-        error_reply(
-            401, f"Incorrect API key provided: {KEY}.", code="invalid_api_key"
-        ),
+        error_reply(401, f"Incorrect API key provided: {KEY}.", code="invalid_api_key"),
     )
 
     outcome, recorder = await ask(request(openai_server, tmp_path), tmp_path)
@@ -427,9 +425,7 @@ async def test_unknown_model_is_named(
         ),
     )
 
-    outcome, _ = await ask(
-        request(openai_server, tmp_path, model="gpt-nope"), tmp_path
-    )
+    outcome, _ = await ask(request(openai_server, tmp_path, model="gpt-nope"), tmp_path)
 
     assert outcome.error is not None and outcome.error.kind == "backend"
     assert outcome.error.message.startswith(
@@ -529,6 +525,31 @@ async def test_interrupted_stream_keeps_the_partial_answer(
     assert [o.known for o in recorder.of(UsageObserved)] == [False]
 
 
+async def test_a_stream_with_no_events_is_no_openai_api(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(CHAT, sse_reply([], done=False))
+
+    outcome, _ = await ask(request(openai_server, tmp_path), tmp_path)
+
+    assert outcome.error is not None and outcome.error.kind == "backend"
+    assert "without a single stream event" in outcome.error.message
+
+
+async def test_no_api_key_is_a_configuration_error(
+    openai_server: OpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    outcome, _ = await ask(request(openai_server, tmp_path, api_key=None), tmp_path)
+
+    assert outcome.status == "error"
+    assert outcome.error is not None and outcome.error.kind == "config"
+    assert outcome.exit_code == 2
+    assert "OPENAI_API_KEY" in outcome.error.message
+    assert openai_server.bodies() == []
+
+
 # --- continuing a session --------------------------------------------------
 
 
@@ -556,9 +577,7 @@ async def test_continuation_sends_the_earlier_messages(
     async with Bus([DedupStage(), Ledger()]) as bus:
         bus.subscribe(Keep())
         handle = SessionHandle(bus, "s-1", tmp_path / "session.json", history)
-        same = request(
-            openai_server, tmp_path, prompt="And Italy?", system="Be brief."
-        )
+        same = request(openai_server, tmp_path, prompt="And Italy?", system="Be brief.")
         await run_ask(handle, same)
         other = request(openai_server, tmp_path, prompt="Spain?", system="Be kind.")
         await run_ask(handle, other)

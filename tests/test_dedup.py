@@ -47,7 +47,8 @@ class Pipe:
         if out is None:
             return []
         assert not isinstance(out, list)
-        events = self.ledger.process(out)
+        result = self.ledger.process(out)
+        events = result if isinstance(result, list) else [result]
         self.passed.extend(events)
         self.reports.extend(e for e in events if isinstance(e, UsageReport))
         return events

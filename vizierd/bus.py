@@ -18,6 +18,7 @@ own task, so a slow or broken one never holds up the others:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
@@ -100,10 +101,23 @@ class Subscription:
         self._writable: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._busy = False
+        self._started: float | None = None
+        self._scope: anyio.CancelScope | None = None
         self._write_lock = anyio.Lock()
         self._waiting_writers = 0
 
     # --- the producer side -------------------------------------------------
+
+    def try_put(self, event: AnyEvent) -> bool:
+        """Queue ``event`` if that needs no waiting; return whether it did."""
+        items = self._items
+        if len(items) < self.capacity and not self._waiting_writers:
+            if self.state == "running":
+                items.append(event)
+                if self._readable is not None:
+                    self._wake_reader()
+            return True
+        return False
 
     async def put(self, event: AnyEvent) -> None:
         """Queue one event, applying the overflow policy."""
@@ -152,9 +166,26 @@ class Subscription:
     # --- the consumer side -------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the queue until the subscription is closed or quarantined."""
+        """Serve the queue until the subscription is closed or quarantined.
+
+        Handlers are not each wrapped in their own cancel scope, which would
+        cost more than the rest of the delivery: the bus's watchdog cancels
+        this scope when a handler runs past its timeout, and serving resumes
+        with the next event.
+        """
+        while self.state == "running":
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await self._serve()
+            self._scope = None
+            if scope.cancelled_caught and self._started is not None:
+                self._started = None
+                await self._failed(f"handler timed out after {self.timeout:g}s")
+
+    async def _serve(self) -> None:
         items = self._items
         handle: Callable[[AnyEvent], Awaitable[None]] = self.subscriber.handle
+        clock = time.monotonic
         while self.state == "running":
             if not items:
                 self._busy = False
@@ -165,17 +196,28 @@ class Subscription:
 
             self._busy = True
             event = items.popleft()
-            self._wake_writer()
+            if self._writable is not None:
+                self._wake_writer()
+            self._started = clock()
             try:
-                with anyio.fail_after(self.timeout):
-                    await handle(event)
-            except TimeoutError:
-                await self._failed(f"handler timed out after {self.timeout:g}s")
+                await handle(event)
             except Exception as exc:  # a plugin may raise anything
+                self._started = None
                 await self._failed(f"{type(exc).__name__}: {exc}")
             else:
+                self._started = None
                 self.handled += 1
                 self.consecutive_failures = 0
+
+    def overdue(self, now: float) -> bool:
+        """Return whether the running handler has passed its timeout."""
+        started = self._started
+        return started is not None and now - started > self.timeout
+
+    def cancel_handler(self) -> None:
+        """Cancel the running handler (it ran past its timeout)."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _signal_idle(self) -> None:
         idle = self._idle
@@ -247,6 +289,9 @@ class Bus:
         self.capacity = capacity
         self.max_failures = max_failures
         self.drain_deadline = drain_deadline
+        # Replaced, never changed in place: a publish that waits on a full
+        # queue keeps iterating the list it started with, so attaching or
+        # detaching a subscriber meanwhile cannot make it skip anyone.
         self.subscriptions: list[Subscription] = []
         self.quarantined: list[Subscription] = []
         self._seq: dict[str | None, int] = {}
@@ -256,7 +301,23 @@ class Bus:
     async def __aenter__(self) -> Bus:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._watchdog, name="bus watchdog")
         return self
+
+    async def _watchdog(self) -> None:
+        """Cancel handlers that run past their timeout.
+
+        It wakes a few times per shortest timeout, so a hung handler is
+        cancelled between one and 1.25 timeouts after it started.
+        """
+        while True:
+            subs = self.subscriptions
+            shortest = min((s.timeout for s in subs), default=self.timeout)
+            await anyio.sleep(max(0.005, shortest / 4))
+            now = time.monotonic()
+            for sub in list(self.subscriptions):
+                if sub.overdue(now):
+                    sub.cancel_handler()
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
         try:
@@ -292,7 +353,7 @@ class Bus:
             max_failures=self.max_failures,
             accepts=accepts or getattr(subscriber, "accepts", None),
         )
-        self.subscriptions.append(sub)
+        self.subscriptions = [*self.subscriptions, sub]
         self._tg.start_soon(sub.run, name=f"subscriber {sub.name}")
         return sub
 
@@ -301,9 +362,12 @@ class Bus:
         if drain:
             with anyio.move_on_after(self.drain_deadline):
                 await sub.wait_drained()
-        if sub in self.subscriptions:
-            self.subscriptions.remove(sub)
+        self._detach(sub)
         sub._stop("closed")
+
+    def _detach(self, sub: Subscription) -> None:
+        if sub in self.subscriptions:
+            self.subscriptions = [s for s in self.subscriptions if s is not sub]
 
     async def publish(self, event: AnyEvent) -> None:
         """Run ``event`` through the stages and queue the result for everyone.
@@ -313,18 +377,27 @@ class Bus:
         if self._closed:
             raise BusClosed("the event bus is closed")
 
-        events: list[AnyEvent] = [event]
+        events: list[AnyEvent]
+        out: AnyEvent | list[AnyEvent] | None = event
         for stage in self.stages:
-            passed: list[AnyEvent] = []
-            for item in events:
-                out = stage.process(item)
+            # Nearly every event is one event through every stage; the general
+            # case (a stage that adds events) takes the slower path.
+            if isinstance(out, list):
+                passed: list[AnyEvent] = []
+                for item in out:
+                    result = stage.process(item)
+                    if isinstance(result, list):
+                        passed.extend(result)
+                    elif result is not None:
+                        passed.append(result)
+                out = passed
+            else:
+                out = stage.process(out)
                 if out is None:
-                    continue
-                if isinstance(out, list):
-                    passed.extend(out)
-                else:
-                    passed.append(out)
-            events = passed
+                    return
+        if out is None:
+            return
+        events = out if isinstance(out, list) else [out]
 
         seq = self._seq
         for item in events:
@@ -335,14 +408,22 @@ class Bus:
                 seq.pop(sid, None)
             for sub in self.subscriptions:
                 accepts = sub.accepts
-                if accepts is None or accepts(item):
+                if accepts is not None and not accepts(item):
+                    continue
+                # The common case inline: room in the queue, nobody waiting.
+                items = sub._items
+                if len(items) < sub.capacity and not sub._waiting_writers:
+                    if sub.state == "running":
+                        items.append(item)
+                        if sub._readable is not None:
+                            sub._wake_reader()
+                else:
                     await sub.put(item)
 
     async def _quarantine(self, sub: Subscription, reason: str) -> None:
         if sub.state != "running":
             return
-        if sub in self.subscriptions:
-            self.subscriptions.remove(sub)
+        self._detach(sub)
         sub._stop("quarantined")
         self.quarantined.append(sub)
         logger.error("subscriber %s quarantined: %s", sub.name, reason)
@@ -375,7 +456,7 @@ class Bus:
                     await closer()
                 except Exception:
                     logger.exception("subscriber %s failed to close", sub.name)
-        self.subscriptions.clear()
+        self.subscriptions = []
 
     def stats(self) -> list[dict[str, object]]:
         """Return the counters of every subscription, quarantined ones too."""

@@ -294,7 +294,8 @@ def ask_request(args: argparse.Namespace) -> AskRequest:
         model=str(model),
         # A local server (Ollama, llama.cpp) needs no key; the SDK needs one.
         api_key=str(key) if key else "unused",
-        base_url=str(base_url) if base_url else None,
+        # Always explicit, so the daemon's own environment never decides.
+        base_url=str(base_url) if base_url else "https://api.openai.com/v1",
         system=args.system,
         session=args.session,
         api=args.api,

@@ -7,6 +7,7 @@ clear line on stderr and the exit code named by its ``exit_code``.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyRunning",
     "BackendError",
     "BusClosed",
     "ConfigError",
@@ -60,6 +61,12 @@ class DaemonUnavailable(VizierError):
 
     exit_code = 3
     kind = "daemon"
+
+
+class AlreadyRunning(DaemonUnavailable):
+    """A daemon already serves this socket or this state directory."""
+
+    kind = "already-running"
 
 
 class ProtocolError(VizierError):

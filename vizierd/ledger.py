@@ -143,19 +143,19 @@ class Ledger:
     def __init__(self) -> None:
         self._sessions: dict[str | None, Totals] = {}
 
-    def process(self, event: AnyEvent) -> list[AnyEvent]:
+    def process(self, event: AnyEvent) -> AnyEvent | list[AnyEvent]:
         """Return ``event``, followed by a ``usage.report`` when one is due."""
         if isinstance(event, UsageObserved):
             totals = self._sessions.get(event.session_id)
             if totals is None:
                 totals = self._sessions[event.session_id] = Totals()
             report = totals.add(event)
-            return [event] if report is None else [event, report]
+            return event if report is None else [event, report]
         if isinstance(event, SessionStarted):
             self._sessions[event.session_id] = Totals(event.resume_usage)
         elif isinstance(event, SessionEnded):
             self._sessions.pop(event.session_id, None)
-        return [event]
+        return event
 
     def usage(self, session_id: str | None) -> TokenUsage | None:
         """Return the last report of a running session, or ``None``."""

@@ -13,7 +13,9 @@ because the thin client imports it on every command.
 
 from __future__ import annotations
 
+import socket
 import struct
+import sys
 from typing import Any, Literal
 
 import msgspec
@@ -27,6 +29,7 @@ __all__ = [
     "CancelRequest",
     "ClientMessage",
     "DaemonMessage",
+    "DaemonStatus",
     "Failure",
     "Hello",
     "IngestRequest",
@@ -42,6 +45,7 @@ __all__ = [
     "decode_client",
     "decode_daemon",
     "frame",
+    "peer_uid",
     "read_length",
 ]
 
@@ -113,10 +117,14 @@ class IngestRequest(msgspec.Struct, tag="ingest", kw_only=True):
 
 
 class StatusRequest(msgspec.Struct, tag="status", kw_only=True):
+    """``vizier daemon status``; the reply's ``result`` is a :class:`DaemonStatus`."""
+
     id: int
 
 
 class StopRequest(msgspec.Struct, tag="stop", kw_only=True):
+    """Stop the daemon gracefully; it replies first, then shuts down."""
+
     id: int
 
 
@@ -179,6 +187,29 @@ class Failure(msgspec.Struct, tag="failure", kw_only=True):
     exit_code: int = 1
 
 
+class DaemonStatus(msgspec.Struct, kw_only=True):
+    """What ``vizier daemon status`` shows.
+
+    ``running`` lists the sessions running now; ``done`` counts the sessions
+    that ended since the daemon started.  ``subscribers`` holds each
+    subscription's counters (name, state, policy, queued, handled, failures,
+    dropped, last_error), client streams and watchers included.
+    """
+
+    pid: int
+    started_at: str
+    uptime_s: float
+    socket: str
+    state_dir: str
+    protocol_version: int
+    tool_version: str
+    connections: int
+    running: list[str] = msgspec.field(default_factory=list)
+    done: int = 0
+    subscribers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    dedup_dropped: dict[str, int] = msgspec.field(default_factory=dict)
+
+
 ClientMessage = (
     Hello
     | AskRequest
@@ -222,3 +253,26 @@ def decode_client(body: bytes) -> ClientMessage:
 def decode_daemon(body: bytes) -> DaemonMessage:
     """Decode a frame body sent by the daemon; raises like :func:`decode_client`."""
     return _daemon_decoder.decode(body)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """Return the uid of the process at the other end of a Unix socket.
+
+    Both ends check it: the daemon serves only its own user, and a client
+    talks only to a daemon of its own user.  Uses ``SO_PEERCRED`` on Linux
+    and ``LOCAL_PEERCRED`` on macOS and the BSDs; returns ``None`` where
+    neither exists.  Raises :class:`OSError` when the socket cannot be asked.
+    """
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return int(uid)
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        # struct xucred { u_int cr_version; uid_t cr_uid; short cr_ngroups; ... }
+        sol_local, local_peercred = 0, 1
+        creds = sock.getsockopt(sol_local, local_peercred, 76)
+        _version, uid = struct.unpack_from("Ii", creds)
+        return int(uid)
+    return None

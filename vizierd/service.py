@@ -103,11 +103,41 @@ async def run_ask_request(
 
 
 async def run_query(pipeline: Pipeline, req: object) -> object:
-    """Answer a request that runs no session (plugins, usage, sessions)."""
-    from vizierd.protocol import PluginsRequest
+    """Answer a request that runs no session (plugins, usage, sessions).
+
+    Returns plain JSON-able data (see :mod:`vizierd.queries`).  The history
+    is read in a worker thread, off the event loop.  Raises
+    :class:`UsageError` for a request that runs sessions or is malformed
+    (a bad ``--since``, an unknown or ambiguous session id).
+    """
+    from functools import partial
+
+    import anyio
+
+    from vizierd import queries
+    from vizierd.protocol import PluginsRequest, SessionsRequest, UsageRequest
 
     if isinstance(req, PluginsRequest):
         return pipeline.stats()
+    if isinstance(req, UsageRequest):
+        usage = partial(
+            queries.usage_report,
+            pipeline.state_dir,
+            by=req.by,
+            since=req.since,
+            until=req.until,
+            utc=req.utc,
+            tz_offset_s=req.tz_offset_s,
+        )
+        return await anyio.to_thread.run_sync(usage)
+    if isinstance(req, SessionsRequest):
+        if req.show is None:
+            return await anyio.to_thread.run_sync(
+                queries.sessions_list, pipeline.state_dir
+            )
+        return await anyio.to_thread.run_sync(
+            queries.session_show, pipeline.state_dir, req.show
+        )
     raise UsageError(f"this command is not available here: {type(req).__name__}")
 
 

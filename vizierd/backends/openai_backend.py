@@ -153,6 +153,11 @@ class _Ask:
                 self._redact(f"{self.where} reported an error: {call.error}")
             )
         if not call.complete:
+            if self.stream is not None and self.stream.chunks == 0:
+                raise BackendError(
+                    f"{self.where} answered without a single stream event: "
+                    "is it an OpenAI-compatible API?"
+                )
             raise BackendError(
                 f"the stream from {self.where} was cut off mid-way: it ended "
                 "before the answer was complete"
@@ -302,9 +307,11 @@ class _Ask:
             else:
                 message = f"{where} refused the request (HTTP {status}): "
                 message += _detail(exc)
-        else:
+        elif mid_stream:
             # An error the server sent inside a stream it had begun.
             message = f"{where} reported an error mid-stream: {_detail(exc)}"
+        else:
+            message = f"the request to {where} failed: {_detail(exc)}"
         return BackendError(self._redact(message))
 
     def _redact(self, text: str) -> str:

@@ -317,8 +317,6 @@ def responses_call(body: object) -> Call:
 class _Stream:
     """What both stream accumulators share."""
 
-    source: ClassVar[str]
-
     def __init__(self) -> None:
         self.response_id: str | None = None
         self.model: str | None = None
@@ -378,8 +376,6 @@ class ChatStream(_Stream):
     every chunk.  The last usage object wins.  A chunk whose ``usage`` is
     null or absent is not a usage chunk.
     """
-
-    source = CHAT_SOURCE
 
     @staticmethod
     def response_id_of(chunk: Mapping[str, Any]) -> str | None:
@@ -441,8 +437,6 @@ class ResponsesStream(_Stream):
     event carrying a non-null ``response.usage`` (``response.completed``;
     the earlier lifecycle events carry ``"usage": null``).
     """
-
-    source = RESPONSES_SOURCE
 
     def __init__(self) -> None:
         super().__init__()
@@ -771,7 +765,12 @@ class _OpenAIParser:
 
 
 class OpenAIChatParser(_OpenAIParser):
-    """The ingest parser for recorded Chat Completions responses."""
+    """The ingest parser for recorded Chat Completions responses.
+
+    Takes one response body (pretty-printed or not), JSON Lines of bodies or
+    of stream chunks, or a captured server-sent-event stream; yields one
+    ``message`` and one ``usage.observed`` per response id.
+    """
 
     source = CHAT_SOURCE
     _stream_type = ChatStream
@@ -784,7 +783,11 @@ class OpenAIChatParser(_OpenAIParser):
 
 
 class OpenAIResponsesParser(_OpenAIParser):
-    """The ingest parser for recorded Responses API responses."""
+    """The ingest parser for recorded Responses API responses.
+
+    Takes the same forms of input as :class:`OpenAIChatParser`; a stream's
+    call ends at its ``response.completed`` (or failed, incomplete) event.
+    """
 
     source = RESPONSES_SOURCE
     _stream_type = ResponsesStream
