@@ -54,7 +54,6 @@ from vizierd.ledger import Ledger
 from vizierd.protocol import AskRequest
 from vizierd.sessions import SessionHandle, SessionSpec, run_session
 
-pytest_plugins = ["tests.conftest_openai"]
 
 pytestmark = pytest.mark.anyio
 
