@@ -203,7 +203,13 @@ def make_journal(
                     if details:
                         cached += obs.cached_prompt_tokens or 0
                         reasoning += rs or 0
-                    deltas = (p, c, p + c, obs.cached_prompt_tokens, rs)
+                    deltas: tuple[int | None, ...] = (
+                        p,
+                        c,
+                        p + c,
+                        obs.cached_prompt_tokens,
+                        rs,
+                    )
                 else:
                     unknown += 1
                     obs = UsageObserved(

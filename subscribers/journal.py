@@ -165,6 +165,12 @@ class Journal:
             or builder.reports >= SUMMARY_REPORTS
         )
 
+    def flush_due(self) -> float | None:
+        """Return the seconds until the buffered lines are due, or ``None``."""
+        if not self._buffer:
+            return None
+        return self._oldest + _MAX_AGE - time.monotonic()
+
     async def flush(self, *, sync: bool = False) -> None:
         """Write the buffered lines and the index lines that are due.
 
@@ -217,25 +223,39 @@ class Journal:
             f.seek(size - 1)
             if f.read(1) == b"\n":
                 return
-            start, lines = self._torn_line(f)
+            start, line = self._last_line(f, size)
         _write_all(fd, b"\n")
+        # Another process may have been halfway through a write when we
+        # looked.  Ours went after it (appends are serialized), so if the
+        # line is whole now, nothing was torn: a blank line is all we added.
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            whole = f.readline()
+        try:
+            msgspec.json.decode(whole)
+        except msgspec.DecodeError:
+            pass
+        else:
+            return
         damage = Damage(
-            line=lines,
+            line=line,
             offset=start,
             reason="torn by an interrupted write; the event in it is lost",
         )
-        logger.info("journal line %d was torn by an interrupted write", lines)
+        logger.info("journal line %d was torn by an interrupted write", line)
         self._summary([damage_line(damage)], [], create=False, sync=False)
 
     @staticmethod
-    def _torn_line(f: BinaryIO) -> tuple[int, int]:
-        """Return the offset and line number of the torn last line."""
-        read = f.read
+    def _last_line(f: BinaryIO, size: int) -> tuple[int, int]:
+        """Return the offset and number of the last line in the first ``size`` bytes."""
         f.seek(0)
         newlines = 0
         last = -1
         position = 0
-        while chunk := read(1 << 22):
+        while position < size:
+            chunk = f.read(min(1 << 22, size - position))
+            if not chunk:
+                break
             found = chunk.rfind(b"\n")
             if found >= 0:
                 last = position + found

@@ -108,6 +108,19 @@ class SessionLogWriter:
             del self._open[event.session_id]
             await self._write(entry)
 
+    def flush_due(self) -> float | None:
+        """Return the seconds until a coalesced write is due, or ``None``."""
+        pending = [e.last_write for e in self._open.values() if e.dirty]
+        if not pending:
+            return None
+        return min(pending) + WRITE_INTERVAL - time.monotonic()
+
+    async def flush(self) -> None:
+        """Write every session whose latest changes are not on disk yet."""
+        for entry in list(self._open.values()):
+            if entry.dirty:
+                await self._write(entry)
+
     async def _started(self, event: SessionStarted) -> None:
         path = Path(event.path)
         try:

@@ -224,3 +224,30 @@ async def test_stages_can_drop_and_add_events() -> None:
         await bus.publish(Progress(session_id="s", kind="t", phase="p", message="drop"))
         await bus.drain()
     assert [e.message for e in sub.seen] == ["1", "extra"]  # type: ignore[union-attr]
+
+
+async def test_idle_flush_runs_when_coalesced_work_is_due() -> None:
+    class Coalescing(Recorder):
+        def __init__(self) -> None:
+            super().__init__("coalescing")
+            self.pending = False
+            self.flushed = anyio.Event()
+
+        async def handle(self, event: AnyEvent) -> None:
+            self.seen.append(event)
+            self.pending = True
+
+        def flush_due(self) -> float | None:
+            return 0.01 if self.pending else None
+
+        async def flush(self) -> None:
+            self.pending = False
+            self.flushed.set()
+
+    sub = Coalescing()
+    async with Bus() as bus:
+        bus.subscribe(sub)
+        await bus.publish(progress(1))
+        with anyio.fail_after(10):
+            await sub.flushed.wait()
+    assert not sub.pending and len(sub.seen) == 1

@@ -44,7 +44,7 @@ def _forbidden(modules: set[str]) -> list[str]:
 
 
 def test_the_cli_and_the_client_import_nothing_of_the_daemon() -> None:
-    loaded = _loaded_after("import vizierd.cli, vizierd.client")
+    loaded = _loaded_after("import vizierd.cli, vizierd.client, vizierd.control")
     assert _forbidden(loaded) == []
 
 
@@ -53,6 +53,7 @@ def test_building_a_request_imports_nothing_of_the_daemon() -> None:
         "from vizierd.cli import build_parser, _request\n"
         "args = build_parser().parse_args(['usage', '--by', 'model'])\n"
         "_request(args)\n"
-        "from vizierd.client import format_status, exit_code"
+        "from vizierd.control import format_status\n"
+        "from vizierd.client import exit_code"
     )
     assert _forbidden(_loaded_after(code)) == []

@@ -41,16 +41,27 @@ from tests.daemon_helpers import (
     write_rollout,
 )
 from tests.helpers import Env
+from vizierd.connection import peer_refusal
+from vizierd.events import (
+    Outcome,
+    Progress,
+    SessionEnded,
+    SessionStarted,
+    decode_event,
+)
 from vizierd.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
+    CancelRequest,
     Failure,
     Hello,
+    IngestRequest,
+    Pushed,
     Reply,
     StatusRequest,
+    WatchRequest,
     peer_uid,
 )
-from vizierd.server import peer_refusal
 
 CALLS = [(1000, 800, 50, 10), (1200, 1000, 70, 0), (1500, 1100, 20, 5)]
 THREAD = "019c0000-0000-7000-8000-00000000000{}"
@@ -202,6 +213,33 @@ def test_ctrl_c_interrupts_only_its_own_session(daemon: Daemon, tmp_path: Path) 
     assert doc["outcome"]["status"] == "interrupted"
     assert doc["outcome"]["token_usage"]["total"] == 1050
     wait_for(lambda: status(daemon.socket)["running"] == [], "the session to end")
+
+
+def test_a_client_that_goes_away_interrupts_its_session(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    followed = tmp_path / "live.jsonl"
+    client, stderr, sid = _follow(daemon, followed, THREAD.format(1))
+    _append(followed, rollout_calls(CALLS[:1]))
+    stderr.until(b"[usage] token-usage")
+
+    client.kill()
+    client.wait(timeout=10)
+
+    def interrupted() -> bool:
+        doc = session_doc(daemon.env.project, sid)
+        return doc is not None and doc["outcome"]["status"] == "interrupted"
+
+    wait_for(interrupted, "the session of the vanished client to end")
+
+    def forgotten() -> bool:
+        subs = status(daemon.socket)["subscribers"]
+        return not any(s["name"].startswith("client-") for s in subs)
+
+    wait_for(forgotten, "the vanished client's stream to go")
+    state = status(daemon.socket)
+    assert state["running"] == [] and state["done"] == 1
 
 
 def test_kill_9_leaves_valid_logs_and_the_next_daemon_recovers(
@@ -561,3 +599,97 @@ def test_watch_shows_other_commands_events(daemon: Daemon, tmp_path: Path) -> No
     assert kinds.count("usage.report") == 3
     watcher.send_signal(signal.SIGINT)
     assert watcher.wait(timeout=15) == 130
+
+
+def test_requests_on_one_connection_run_concurrently_and_cancel(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    followed = tmp_path / "live.jsonl"
+    thread = THREAD.format(1)
+    followed.write_text("\n".join(rollout_head(thread)) + "\n")
+    request = IngestRequest(
+        id=1, cwd=str(daemon.env.project), paths=[str(followed)], follow=True
+    )
+    with raw_connect(daemon.socket) as sock:
+        hello(sock)
+        send(sock, request)
+        first = receive(sock)
+        assert isinstance(first, Pushed) and first.id == 1
+        assert isinstance(decode_event(first.event), SessionStarted)
+
+        send(sock, StatusRequest(id=2))  # answered while request 1 runs
+        while not isinstance(answer := receive(sock), Reply):
+            pass
+        assert answer.id == 2 and answer.result["running"] == [f"codex-{thread}"]
+
+        send(sock, CancelRequest(id=3, target=1))
+        messages = receive_all_until(sock, lambda m: isinstance(m, Reply) and m.id == 1)
+    replies = {m.id: m for m in messages if isinstance(m, Reply)}
+    assert replies[3].result == {"cancelled": True}
+    (outcome,) = replies[1].outcomes
+    assert outcome.status == "interrupted" and outcome.exit_code == 130
+    kinds = [type(decode_event(m.event)) for m in messages if isinstance(m, Pushed)]
+    assert kinds[-2:] == [Outcome, SessionEnded]
+
+
+def receive_all_until(sock: socket.socket, last: Any) -> list[Any]:
+    messages: list[Any] = []
+    while True:
+        message = receive(sock)
+        assert message is not None, messages
+        messages.append(message)
+        if last(message):
+            return messages
+
+
+def test_a_watcher_that_falls_behind_is_told_what_it_missed(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    calls = [(100 + n, 50, 10, 1) for n in range(6000)]
+    big = write_rollout(tmp_path / "big.jsonl", THREAD.format(1), calls)
+    with raw_connect(daemon.socket, timeout=60) as watcher:
+        hello(watcher)
+        send(watcher, WatchRequest(id=1))
+        wait_for(
+            lambda: any(
+                s["name"].startswith("watch-")
+                for s in status(daemon.socket)["subscribers"]
+            ),
+            "the watcher to subscribe",
+        )
+        # The watcher reads nothing meanwhile, and never slows the ingest.
+        done = daemon.run("ingest", "-q", "--json", str(big))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["token_usage"]["calls"] == 6000
+
+        notes = []
+        while True:
+            message = receive(watcher)
+            assert isinstance(message, Pushed)
+            event = decode_event(message.event)
+            if isinstance(event, Progress) and event.kind == "watch":
+                notes.append(event)
+            if isinstance(event, SessionEnded):
+                break
+    assert notes and notes[0].phase == "dropped"
+    assert re.match(r"\d+ events dropped", notes[0].message)
+    state = status(daemon.socket)
+    assert not any(s["name"].startswith("watch-") for s in state["subscribers"])
+
+
+def test_queries_are_answered_through_the_daemon(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    path = write_rollout(tmp_path / "r.jsonl", THREAD.format(1), CALLS)
+    assert daemon.run("ingest", "-q", str(path)).returncode == 0
+    for args in (["plugins"], ["usage", "--by", "model"], ["sessions", "list"]):
+        result = daemon.run(*args, "--json")
+        assert result.returncode == 0, (args, result.stderr)
+        json.loads(result.stdout)
+    plugins = json.loads(daemon.run("plugins", "--json").stdout)
+    assert {s["name"] for s in plugins["subscribers"]} >= {"journal", "session-log"}
+    missing = daemon.run("sessions", "show", "no-such-session")
+    assert missing.returncode == 2 and missing.stderr.startswith(b"vizier: ")

@@ -47,8 +47,11 @@ class Subscriber(Protocol):
     """What the bus needs of a subscriber.
 
     A subscriber may also define ``policy`` (:data:`Policy`), ``capacity``
-    (queue size), ``timeout`` (seconds per event) and an async ``aclose()``
-    that the bus awaits once its queue is drained on shutdown.
+    (queue size), ``timeout`` (seconds per event), an async ``aclose()``
+    that the bus awaits once its queue is drained on shutdown, and a pair
+    ``flush_due() -> float | None`` (seconds until coalesced work is due, or
+    ``None``) and async ``flush()``, which the bus calls when the queue has
+    been idle that long.
     """
 
     name: str
@@ -103,6 +106,12 @@ class Subscription:
         self._busy = False
         self._started: float | None = None
         self._scope: anyio.CancelScope | None = None
+        self._flush_due: Callable[[], float | None] | None = getattr(
+            subscriber, "flush_due", None
+        )
+        self._flush: Callable[[], Awaitable[None]] | None = getattr(
+            subscriber, "flush", None
+        )
         self._write_lock = anyio.Lock()
         self._waiting_writers = 0
 
@@ -189,9 +198,13 @@ class Subscription:
         while self.state == "running":
             if not items:
                 self._busy = False
-                self._signal_idle()
-                readable = self._readable = anyio.Event()
-                await readable.wait()
+                due = self._flush_due() if self._flush_due is not None else None
+                if due is None:
+                    self._signal_idle()
+                    readable = self._readable = anyio.Event()
+                    await readable.wait()
+                else:
+                    await self._idle_flush(due)
                 continue
 
             self._busy = True
@@ -208,6 +221,29 @@ class Subscription:
                 self._started = None
                 self.handled += 1
                 self.consecutive_failures = 0
+
+    async def _idle_flush(self, due: float) -> None:
+        """Wait for the next event, or flush the subscriber when it is due.
+
+        A subscriber that coalesces work (the session log writes at most a
+        few times a second) says when its pending work is due with
+        ``flush_due()``; if no event arrives by then, ``flush()`` runs.
+        """
+        readable = self._readable = anyio.Event()
+        with anyio.move_on_after(max(0.0, due)):
+            await readable.wait()
+        if readable.is_set() or self._flush is None:
+            return
+        self._readable = None
+        self._busy = True
+        self._started = time.monotonic()
+        try:
+            await self._flush()
+        except Exception as exc:
+            self._started = None
+            await self._failed(f"{type(exc).__name__}: {exc}")
+        else:
+            self._started = None
 
     def overdue(self, now: float) -> bool:
         """Return whether the running handler has passed its timeout."""

@@ -24,8 +24,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-import msgspec
-
 from vizierd.errors import DaemonUnavailable, ProtocolError, UsageError
 from vizierd.events import OutcomeDoc, decode_event
 from vizierd.paths import socket_path
@@ -35,14 +33,11 @@ from vizierd.protocol import (
     AskRequest,
     CancelRequest,
     DaemonMessage,
-    DaemonStatus,
     Failure,
     Hello,
     IngestRequest,
     Pushed,
     Reply,
-    StatusRequest,
-    StopRequest,
     WatchRequest,
     Welcome,
     decode_daemon,
@@ -52,7 +47,16 @@ from vizierd.protocol import (
 )
 from vizierd.render import Renderer
 
-__all__ = ["Connection", "connect", "daemon_command", "exit_code", "run_remote"]
+__all__ = [
+    "Connection",
+    "NotAnswering",
+    "connect",
+    "connect_once",
+    "daemon_command",
+    "exit_code",
+    "run_remote",
+    "start_and_wait",
+]
 
 #: Seconds to wait for a daemon that is starting.
 START_WAIT = 10.0
@@ -64,8 +68,11 @@ ANSWER_WAIT = 10.0
 CANCEL_WAIT = 5.0
 
 
-class _NotReady(Exception):
-    """Nothing (yet) answers on the socket: refused, missing, or cut."""
+class NotAnswering(Exception):
+    """Nothing (yet) answers on the socket: refused, missing, or cut.
+
+    Raised by :func:`connect_once`; :func:`connect` turns it into a start.
+    """
 
 
 class _Interrupts:
@@ -230,10 +237,10 @@ class Connection:
 # --- connecting and starting ----------------------------------------------------
 
 
-def _connect(path: Path) -> Connection:
+def connect_once(path: Path) -> Connection:
     """Connect to a daemon and say hello; return the connection.
 
-    Raises :class:`_NotReady` when nothing answers, and
+    Raises :class:`NotAnswering` when nothing answers, and
     :class:`DaemonUnavailable` (or its kin) for a daemon that refuses.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -243,7 +250,7 @@ def _connect(path: Path) -> Connection:
         sock.settimeout(None)
     except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as exc:
         sock.close()
-        raise _NotReady(str(exc)) from exc
+        raise NotAnswering(str(exc)) from exc
     except OSError as exc:
         sock.close()
         raise DaemonUnavailable(
@@ -262,7 +269,7 @@ def _connect(path: Path) -> Connection:
         try:
             answer = conn.receive(time.monotonic() + ANSWER_WAIT)
         except DaemonUnavailable as exc:
-            raise _NotReady(str(exc)) from exc
+            raise NotAnswering(str(exc)) from exc
         if isinstance(answer, Failure):
             raise DaemonUnavailable(answer.message)
         if not isinstance(answer, Welcome):
@@ -286,8 +293,8 @@ def connect(path: Path, *, autostart: bool = True) -> Connection:
     started (or ``VIZIER_NO_AUTOSTART`` is set).
     """
     try:
-        return _connect(path)
-    except _NotReady:
+        return connect_once(path)
+    except NotAnswering:
         pass
     if not autostart:
         raise DaemonUnavailable(f"the daemon is not running (socket {path})")
@@ -295,10 +302,10 @@ def connect(path: Path, *, autostart: bool = True) -> Connection:
         raise DaemonUnavailable(
             f"cannot reach the daemon at {path} (VIZIER_NO_AUTOSTART is set)"
         )
-    return _start_and_wait(path)
+    return start_and_wait(path)
 
 
-def _start_and_wait(path: Path) -> Connection:
+def start_and_wait(path: Path) -> Connection:
     """Start a detached daemon and wait, with backoff, until it answers.
 
     Raises :class:`DaemonUnavailable` when it fails to start or does not
@@ -307,6 +314,8 @@ def _start_and_wait(path: Path) -> Connection:
     import subprocess
 
     env = dict(os.environ)
+    # The daemon gets API keys with each request, never from its environment.
+    env.pop("OPENAI_API_KEY", None)
     for name in ("VIZIER_STATE_DIR", "VIZIER_CONFIG_DIR"):
         if env.get(name):
             env[name] = os.path.abspath(env[name])
@@ -338,8 +347,8 @@ def _wait_for(path: Path, proc: Any, errors: IO[bytes]) -> Connection:
     delay = 0.01
     while True:
         try:
-            return _connect(path)
-        except _NotReady:
+            return connect_once(path)
+        except NotAnswering:
             pass
         code = proc.poll()
         if code:
@@ -361,8 +370,11 @@ def _wait_for(path: Path, proc: Any, errors: IO[bytes]) -> Connection:
 
 
 def exit_code(outcomes: list[OutcomeDoc]) -> int:
-    """Return a command's exit code: 130 if any session was interrupted,
-    else the highest of the outcomes' codes (0 for none)."""
+    """Return the exit code of a command that ran these sessions.
+
+    130 when any was interrupted, else the highest of their codes (0 for
+    none), as ``--no-daemon`` does.
+    """
     codes = [o.exit_code for o in outcomes]
     if 130 in codes or any(o.status == "interrupted" for o in outcomes):
         return 130
@@ -394,7 +406,10 @@ def _follow(conn: Connection, request: Any, renderer: Renderer) -> int:
         except KeyboardInterrupt:
             if deadline is not None:
                 return 130
-            conn.send(CancelRequest(id=request.id + 1, target=request.id))
+            try:
+                conn.send(CancelRequest(id=request.id + 1, target=request.id))
+            except DaemonUnavailable:
+                return 130
             deadline = time.monotonic() + CANCEL_WAIT
             continue
         except DaemonUnavailable:
@@ -421,7 +436,10 @@ def _follow(conn: Connection, request: Any, renderer: Renderer) -> int:
 
 
 def _watch(conn: Connection, request: WatchRequest, renderer: Renderer) -> int:
-    """Render every pushed event until Ctrl-C (exit 130)."""
+    """Render every pushed event until Ctrl-C (exit 130) or the daemon stops (3).
+
+    With ``--json`` each event is printed as the JSON line it arrived as.
+    """
     conn.send(request)
     out = renderer.stdout
     while True:
@@ -440,7 +458,9 @@ def _watch(conn: Connection, request: WatchRequest, renderer: Renderer) -> int:
             renderer.error(message.message)
             return message.exit_code
         elif isinstance(message, Reply):
-            return 0
+            # A watch ends only when the daemon stops.
+            renderer.error("the daemon stopped")
+            return 3
 
 
 # --- vizier daemon ... ------------------------------------------------------------
@@ -449,147 +469,10 @@ def _watch(conn: Connection, request: WatchRequest, renderer: Renderer) -> int:
 def daemon_command(args: argparse.Namespace, renderer: Renderer) -> int:
     """Run ``vizier daemon start|stop|status|restart``; return the exit code.
 
-    Raises :class:`VizierError` (exit code 3) when the daemon cannot be
-    started, reached or stopped.
+    ``start --foreground`` runs the daemon in this process.  Raises
+    :class:`VizierError` (exit code 3) when the daemon cannot be started,
+    reached or stopped.
     """
-    path = socket_path()
-    command = args.daemon_command
-    if command == "start":
-        if getattr(args, "foreground", False):
-            from vizierd.daemon import run_daemon
+    from vizierd import control
 
-            return run_daemon(path)
-        return _start(path, renderer)
-    if command == "stop":
-        return _stop(path, renderer)
-    if command == "restart":
-        _stop(path, renderer)
-        return _start(path, renderer)
-    if command == "status":
-        return _status(path, renderer)
-    raise UsageError(f"unknown daemon command {command}")
-
-
-def _say(renderer: Renderer, line: str) -> None:
-    renderer.stdout.write(line + "\n")
-    renderer.stdout.flush()
-
-
-def _start(path: Path, renderer: Renderer) -> int:
-    try:
-        conn = _connect(path)
-        verb = "is already running"
-    except _NotReady:
-        conn = _start_and_wait(path)
-        verb = "started"
-    with conn:
-        pid = conn.welcome.daemon_pid if conn.welcome else "?"
-    _say(renderer, f"vizierd {verb} (pid {pid}, socket {path})")
-    return 0
-
-
-def _stop(path: Path, renderer: Renderer) -> int:
-    try:
-        conn = _connect(path)
-    except _NotReady:
-        _say(renderer, f"vizierd is not running (socket {path})")
-        return 0
-    with conn:
-        pid = conn.welcome.daemon_pid if conn.welcome else "?"
-        conn.send(StopRequest(id=1))
-        try:
-            conn.receive(time.monotonic() + ANSWER_WAIT)
-        except DaemonUnavailable:
-            pass  # it may close before its reply reaches us
-    deadline = time.monotonic() + STOP_WAIT
-    delay = 0.01
-    while os.path.lexists(path):
-        now = time.monotonic()
-        if now >= deadline:
-            raise DaemonUnavailable(
-                f"the daemon (pid {pid}) did not stop within {STOP_WAIT:g} s"
-            )
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 0.25)
-    _say(renderer, f"vizierd stopped (pid {pid})")
-    return 0
-
-
-def _status(path: Path, renderer: Renderer) -> int:
-    try:
-        conn = _connect(path)
-    except _NotReady:
-        raise DaemonUnavailable(f"vizierd is not running (socket {path})") from None
-    with conn:
-        conn.send(StatusRequest(id=1))
-        while True:
-            message = conn.receive(time.monotonic() + ANSWER_WAIT)
-            if isinstance(message, Failure):
-                raise DaemonUnavailable(message.message)
-            if isinstance(message, Reply) and message.id == 1:
-                break
-    if renderer.json:
-        renderer.stdout.write(msgspec.json.encode(message.result).decode() + "\n")
-        renderer.stdout.flush()
-        return 0
-    try:
-        status = msgspec.convert(message.result, DaemonStatus)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(f"the daemon sent a bad status: {exc}") from exc
-    _say(renderer, format_status(status))
-    return 0
-
-
-def _duration(seconds: float) -> str:
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h {minutes:02d}m"
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{seconds:.1f}s"
-
-
-def format_status(status: DaemonStatus) -> str:
-    """Return ``vizier daemon status`` as text a person reads."""
-    from vizierd.tables import format_table
-
-    lines = [
-        f"vizierd {status.tool_version} is running",
-        f"  pid          {status.pid}",
-        f"  uptime       {_duration(status.uptime_s)} (since {status.started_at})",
-        f"  socket       {status.socket}",
-        f"  state dir    {status.state_dir}",
-        f"  protocol     version {status.protocol_version}",
-        f"  connections  {status.connections}",
-        f"  sessions     {len(status.running)} running, {status.done:,} done",
-    ]
-    for sid in status.running[:20]:
-        lines.append(f"    running: {sid}")
-    if len(status.running) > 20:
-        lines.append(f"    … and {len(status.running) - 20} more")
-    rows = [
-        [
-            s.get("name"),
-            s.get("state"),
-            s.get("policy"),
-            s.get("queued"),
-            s.get("handled"),
-            s.get("failures"),
-            s.get("dropped"),
-        ]
-        for s in status.subscribers
-    ]
-    headers = ["subscriber", "state", "policy", "queued", "handled", "failures"]
-    lines.append("")
-    lines.append(format_table([*headers, "dropped"], rows))
-    dropped = status.dedup_dropped
-    lines.append(
-        "dedup drops: "
-        + (", ".join(f"{k}={v:,}" for k, v in sorted(dropped.items())) or "none")
-    )
-    return "\n".join(lines)
+    return control.run(args, renderer, socket_path())

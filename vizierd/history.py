@@ -74,7 +74,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "summary.lock"
 
 #: A catch-up read longer than this is saved back by a compaction.
-_COMPACT_SCAN_BYTES = 32 << 20
+_COMPACT_SCAN_BYTES = 4 << 20
 
 _item_decoder = msgspec.json.Decoder(SummaryItem)
 _encoder = msgspec.json.Encoder()
@@ -238,10 +238,12 @@ def _decode_items(data: bytes, path: Path) -> list[SummaryItem]:
     raise _BadIndex(f"{path}: cannot be read")
 
 
-def _fold(index: Index, items: list[SummaryItem]) -> None:
+def _fold(index: Index, items: list[SummaryItem], limit: int | None = None) -> None:
+    """Fold index lines in; with ``limit``, skip segments beyond that offset."""
     for item in items:
         if isinstance(item, Segment):
-            index.put(item)
+            if limit is None or item.upto <= limit:
+                index.put(item)
         elif isinstance(item, Damage):
             index.damage[item.offset] = item
     index.lines += len(items)
@@ -276,29 +278,39 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
-def _write(state_dir: Path, index: Index, journal_ino: int) -> None:
-    """Replace the index file with ``index``.
+def _write(
+    state_dir: Path, index: Index, journal: os.stat_result, read: bytes | None
+) -> None:
+    """Replace the index file with ``index``, built from the file's ``read``.
 
-    Under the lock, whatever the file holds by then is folded in first:
-    every line is right as of its own offset and the later one of a segment
-    wins, so lines appended since ``index`` was read are kept.
+    Under the lock, lines appended since are folded in first: every line is
+    right as of its own offset, and of a segment's lines the one with the
+    greatest offset wins.  A compacted index takes in the whole current file
+    (another reader may have replaced it meanwhile); a rebuilt one only what
+    was appended after ``read``, since the rest is what it did not trust.
     """
     path = state_dir / SUMMARY_NAME
     with _locked(state_dir):
-        data = _read_or_none(path)
-        if data:
-            try:
-                items = _decode_items(data, path)
-            except _BadIndex as exc:
-                logger.debug("not merging the replaced index: %s", exc)
-            else:
-                header = items[0] if items else None
-                if isinstance(header, Header) and header.journal_ino == journal_ino:
-                    _fold(index, items[1:])
+        data = _read_or_none(path) or b""
+        if index.rebuilt:
+            known = read or b""
+            data = data[len(known) :] if data.startswith(known) else b""
+        try:
+            items = _decode_items(data, path) if data else []
+        except _BadIndex as exc:
+            logger.debug("not merging the index being replaced: %s", exc)
+            items = []
+        if items and isinstance(items[0], Header):
+            if items[0].journal_ino != journal.st_ino:
+                items = []
+            del items[:1]
+        size = os.stat(state_dir / JOURNAL_NAME).st_size
+        _fold(index, items, limit=size)
+
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(fd, b"".join(index.lines_out(journal_ino)))
+            _write_all(fd, b"".join(index.lines_out(journal.st_ino)))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -349,7 +361,7 @@ def load_index(state_dir: Path, *, save: bool = True) -> Index:
         or superseded > len(index.segments) // 2 + 100
     ):
         try:
-            _write(state_dir, index, st.st_ino)
+            _write(state_dir, index, st, data)
         except OSError as exc:
             logger.warning("cannot save the summary index: %s", exc)
     return index
@@ -362,11 +374,13 @@ def rebuild_index(state_dir: Path) -> Index:
     cannot be written.
     """
     journal = state_dir / JOURNAL_NAME
+    data = _read_or_none(state_dir / SUMMARY_NAME)
     st = os.stat(journal)
     index = Index()
     index.rebuilt = True
-    index.catch_up(journal, 0)
-    _write(state_dir, index, st.st_ino)
+    with gc_paused():
+        index.catch_up(journal, 0)
+    _write(state_dir, index, st, data)
     return index
 
 

@@ -111,8 +111,11 @@ class Totals:
     ) -> UsageReport:
         # Until one call with usage is counted, the totals are unknown.
         some = self.known_calls > 0
+        # The report is dated like the observation it reports: a backfilled
+        # call belongs to the day it was made, not the day it was ingested.
         report = UsageReport(
             session_id=obs.session_id,
+            at=obs.at,
             prompt_total=self.prompt if some else None,
             completion_total=self.completion if some else None,
             total=self.total if some else None,

@@ -35,9 +35,10 @@ def _exit_code(outcomes: list[OutcomeDoc]) -> int:
 async def _serve(request: Any, renderer: Renderer) -> int:
     from vizierd import service
 
+    outcomes: list[OutcomeDoc] = []
+    interrupted = False
+    failure: VizierError | None = None
     async with Pipeline("inprocess", state_dir(), renderer=renderer) as pipeline:
-        outcomes: list[OutcomeDoc] = []
-        interrupted = False
 
         async with anyio.create_task_group() as tg:
 
@@ -51,19 +52,28 @@ async def _serve(request: Any, renderer: Renderer) -> int:
 
             tg.start_soon(watch_signals)
             with anyio.CancelScope() as work:
-                if isinstance(request, IngestRequest):
-                    outcomes = await service.run_ingest_request(pipeline, request)
-                elif isinstance(request, AskRequest):
-                    outcomes = [await service.run_ask_request(pipeline, request)]
-                else:
-                    result = await service.run_query(pipeline, request)
-                    service.print_result(request, result, renderer)
+                # Caught here, not around the task group, which would wrap
+                # it in an exception group.
+                try:
+                    if isinstance(request, IngestRequest):
+                        outcomes = await service.run_ingest_request(pipeline, request)
+                    elif isinstance(request, AskRequest):
+                        outcomes = [await service.run_ask_request(pipeline, request)]
+                    else:
+                        result = await service.run_query(pipeline, request)
+                        service.print_result(request, result, renderer)
+                except VizierError as exc:
+                    failure = exc
             tg.cancel_scope.cancel()
 
         await pipeline.bus.drain()
-        if interrupted:
-            return 130
-        return _exit_code(outcomes)
+    # Raised out here: inside the pipeline (a task group) it would come out
+    # wrapped in an exception group.
+    if failure is not None:
+        raise failure
+    if interrupted:
+        return 130
+    return _exit_code(outcomes)
 
 
 def run_local(request: Any, renderer: Renderer, args: argparse.Namespace) -> int:

@@ -336,7 +336,7 @@ def _session_info(sid: str, runs: list[Segment]) -> dict[str, Any]:
         "id": sid,
         "action": last.action,
         "source": last.source,
-        "status": last.status,
+        "status": last.status if last.final else _running_status(last.path),
         "started": _iso(started),
         "ended": _iso(last.ended),
         "last_activity": _iso(
@@ -349,6 +349,31 @@ def _session_info(sid: str, runs: list[Segment]) -> dict[str, Any]:
         "project_root": last.project_root,
         "input": last.input,
     }
+
+
+class _OutcomeStatus(msgspec.Struct):
+    status: str = "running"
+
+
+class _LogStatus(msgspec.Struct):
+    outcome: _OutcomeStatus = msgspec.field(default_factory=_OutcomeStatus)
+
+
+_status_decoder = msgspec.json.Decoder(_LogStatus)
+
+
+def _running_status(path: str) -> str:
+    """Return the status of a run the journal never saw end.
+
+    A run whose process died (a crash, ``kill -9``) never journals its end;
+    the daemon marks such a session ``interrupted`` in its session log when
+    it starts again, so the log has the last word.  Without a readable log
+    the run is still ``running`` as far as anyone knows.
+    """
+    try:
+        return _status_decoder.decode(Path(path).read_bytes()).outcome.status
+    except (OSError, msgspec.DecodeError):
+        return "running"
 
 
 def sessions_list(state_dir: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from vizierd.atomic import write_atomic
 from vizierd.bus import Subscription
 from vizierd.errors import VizierError
 from vizierd.events import AnyEvent, ErrorInfo, SessionEnded, SessionStarted, utcnow
@@ -144,15 +145,22 @@ class Durable:
         return sub is None or sub.state == "running"
 
     async def handle(self, event: AnyEvent) -> None:
-        """Pass ``event`` on; note when a session's end has been handled."""
+        """Pass ``event`` on; note when a session's end has been handled.
+
+        ``on_end`` runs only when the end was handled without an error.
+        """
+        sid = event.session_id
+        if not isinstance(event, SessionEnded) or sid is None:
+            await self.inner.handle(event)
+            return
         try:
             await self.inner.handle(event)
+            if self._on_end is not None:
+                self._on_end(sid)
         finally:
-            sid = event.session_id
-            if isinstance(event, SessionEnded) and sid is not None:
-                if self._on_end is not None:
-                    self._on_end(sid)
-                self._ends.handled(self, sid)
+            # Handled or failed, it is done with the session: a reply
+            # waiting for it must not wait forever.
+            self._ends.handled(self, sid)
 
 
 class _Waiter:
@@ -224,8 +232,6 @@ def recover(folder: Path) -> list[str]:
     a daemon that is gone.  Returns the ids of the sessions marked; never
     raises for a damaged marker or log (each is logged and skipped).
     """
-    from subscribers.session_log import write_atomic
-
     if not folder.is_dir():
         return []
     marked: list[str] = []

@@ -9,7 +9,7 @@ everything here reads dicts.  Times are shown in this machine's time zone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import msgspec
@@ -87,14 +87,32 @@ def format_table(
     return "\n".join(lines)
 
 
-def _when(value: object) -> str:
-    """Return an RFC 3339 time as local ``YYYY-MM-DD HH:MM``, or ``—``."""
+def _when(value: object, zone: tzinfo | None = None) -> str:
+    """Return an RFC 3339 time as ``YYYY-MM-DD HH:MM`` in ``zone``, or ``—``.
+
+    Without ``zone`` the time is shown in this machine's time zone.
+    """
     if not isinstance(value, str) or not value:
         return "—"
     try:
-        return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M")
+        return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return value
+
+
+def _zone(name: object) -> tzinfo | None:
+    """Return the zone a usage result names (``UTC``, ``UTC+05:30``), if any."""
+    if not isinstance(name, str) or not name.startswith("UTC"):
+        return None
+    rest = name[3:]
+    if not rest:
+        return UTC
+    try:
+        hours, minutes = rest[1:].split(":")
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+    except ValueError:
+        return None
+    return timezone(-offset if rest[0] == "-" else offset)
 
 
 def _one_line(text: str, limit: int = _LINE_CHARS) -> str:
@@ -135,12 +153,13 @@ def _usage(result: dict[str, Any]) -> str:
     footer = ["total"] + [total.get(field) for field, _ in _USAGE_COLUMNS]
 
     caption = []
+    zone = _zone(result.get("time_zone"))
     if by == "day":
         caption.append(f"days in {result.get('time_zone', 'UTC')}")
     if result.get("since"):
-        caption.append(f"from {_when(result['since'])}")
+        caption.append(f"from {_when(result['since'], zone)}")
     if result.get("until"):
-        caption.append(f"until {_when(result['until'])}")
+        caption.append(f"until {_when(result['until'], zone)}")
     sessions = result.get("sessions")
     if isinstance(sessions, int):
         caption.append(f"{sessions:,} session{'' if sessions == 1 else 's'}")
