@@ -20,7 +20,8 @@ import pytest
 
 from tests.helpers import REPO, Env, expected, real_data
 from vizierd.errors import UsageError
-from vizierd.queries import AmbiguousSession, SessionNotFound, parse_when
+from vizierd.errors import AmbiguousSession, SessionNotFound
+from vizierd.queries import parse_when
 from vizierd.queries import resolve_session as resolve
 
 FIELDS = ("prompt", "cached_input", "completion", "reasoning_output", "total")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,7 +49,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors raised instead of exiting mid-parse."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("vizier").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see --help)")
 
 
 def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
@@ -91,8 +92,12 @@ def _verbosity(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``vizier``."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of ``vizier``.
+
+    With ``only`` naming a command, only that command's subparser is built:
+    building all of them costs more than the rest of a quick command.
+    """
     parser = _Parser(
         prog="vizier",
         description=(
@@ -112,116 +117,134 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", metavar="PATH", help="the daemon's socket")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ask = sub.add_parser(
-        "ask",
-        help="ask a model (any OpenAI-compatible API) and account the usage",
-        description=(
-            "Send a prompt to an OpenAI-compatible API, stream the answer to "
-            "stdout and account its usage. Configuration: --model, then "
-            "OPENAI_API_KEY, OPENAI_BASE_URL and VIZIER_MODEL, then the [ask] "
-            "table of config.toml (api_key, base_url, model)."
-        ),
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ask.add_argument("prompt", nargs="?", help="the prompt, or '-' to read stdin")
-    ask.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE")
-    ask.add_argument("--model", "-m", metavar="M", help="the model to use")
-    ask.add_argument("--system", "-s", metavar="S", help="a system prompt")
-    ask.add_argument(
-        "--session",
-        metavar="ID",
-        help="continue this session: its messages are sent again",
-    )
-    ask.add_argument(
-        "--api",
-        choices=("chat", "responses"),
-        default="chat",
-        help="Chat Completions (default) or the Responses API",
-    )
-    ask.add_argument(
-        "--no-stream", action="store_true", help="wait for the whole answer"
-    )
-    _verbosity(ask)
-    _common(ask)
+    def wanted(name: str) -> bool:
+        return only is None or only == name
 
-    ingest = sub.add_parser(
-        "ingest",
-        help="account agent logs and recorded API traffic",
-        description=(
-            "Account the usage in agent logs (Codex rollout files, `codex exec "
-            "--json` output) and recorded OpenAI responses. Each input becomes "
-            "one session; ingesting the same Codex session again updates it "
-            "and never doubles it."
-        ),
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ingest.add_argument("files", nargs="*", metavar="FILE", help="inputs; '-' is stdin")
-    ingest.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="auto",
-        help="the input format (default: detected from the first line)",
-    )
-    ingest.add_argument(
-        "--follow",
-        action="store_true",
-        help="keep reading FILE as it grows, until interrupted",
-    )
-    ingest.add_argument(
-        "--codex-home",
-        metavar="DIR",
-        help="backfill every rollout under DIR/sessions and DIR/archived_sessions",
-    )
-    _verbosity(ingest)
-    _common(ingest)
+    if wanted("ask"):
+        ask = sub.add_parser(
+            "ask",
+            help="ask a model (any OpenAI-compatible API) and account the usage",
+            description=(
+                "Send a prompt to an OpenAI-compatible API, stream the answer to "
+                "stdout and account its usage. Configuration: --model, then "
+                "OPENAI_API_KEY, OPENAI_BASE_URL and VIZIER_MODEL, then the [ask] "
+                "table of config.toml (api_key, base_url, model)."
+            ),
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        ask.add_argument("prompt", nargs="?", help="the prompt, or '-' to read stdin")
+        ask.add_argument(
+            "-f", "--file", metavar="FILE", help="read the prompt from FILE"
+        )
+        ask.add_argument("--model", "-m", metavar="M", help="the model to use")
+        ask.add_argument("--system", "-s", metavar="S", help="a system prompt")
+        ask.add_argument(
+            "--session",
+            metavar="ID",
+            help="continue this session: its messages are sent again",
+        )
+        ask.add_argument(
+            "--api",
+            choices=("chat", "responses"),
+            default="chat",
+            help="Chat Completions (default) or the Responses API",
+        )
+        ask.add_argument(
+            "--no-stream", action="store_true", help="wait for the whole answer"
+        )
+        _verbosity(ask)
+        _common(ask)
 
-    usage = sub.add_parser(
-        "usage",
-        help="what was spent, by day, model, session or source",
-        description="Aggregate every session the daemon has accounted.",
-    )
-    usage.add_argument(
-        "--by",
-        choices=("day", "model", "session", "source"),
-        default="day",
-        help="how to group rows (default: day)",
-    )
-    usage.add_argument(
-        "--since", metavar="DATE", help="from DATE (2026-12-01, or 7d, 12h ago)"
-    )
-    usage.add_argument("--until", metavar="DATE", help="up to DATE (exclusive)")
-    usage.add_argument("--utc", action="store_true", help="days in UTC, not local")
-    _common(usage)
+    if wanted("ingest"):
+        ingest = sub.add_parser(
+            "ingest",
+            help="account agent logs and recorded API traffic",
+            description=(
+                "Account the usage in agent logs (Codex rollout files, `codex exec "
+                "--json` output) and recorded OpenAI responses. Each input becomes "
+                "one session; ingesting the same Codex session again updates it "
+                "and never doubles it."
+            ),
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        ingest.add_argument(
+            "files", nargs="*", metavar="FILE", help="inputs; '-' is stdin"
+        )
+        ingest.add_argument(
+            "--format",
+            choices=FORMATS,
+            default="auto",
+            help="the input format (default: detected from the first line)",
+        )
+        ingest.add_argument(
+            "--follow",
+            action="store_true",
+            help="keep reading FILE as it grows, until interrupted",
+        )
+        ingest.add_argument(
+            "--codex-home",
+            metavar="DIR",
+            help="backfill every rollout under DIR/sessions and DIR/archived_sessions",
+        )
+        _verbosity(ingest)
+        _common(ingest)
 
-    sessions = sub.add_parser("sessions", help="list sessions or show one")
-    ssub = sessions.add_subparsers(dest="sessions_command", required=True)
-    slist = ssub.add_parser("list", help="newest first")
-    _common(slist)
-    sshow = ssub.add_parser("show", help="one session; a unique id prefix is enough")
-    sshow.add_argument("id", metavar="ID")
-    _common(sshow)
+    if wanted("usage"):
+        usage = sub.add_parser(
+            "usage",
+            help="what was spent, by day, model, session or source",
+            description="Aggregate every session the daemon has accounted.",
+        )
+        usage.add_argument(
+            "--by",
+            choices=("day", "model", "session", "source"),
+            default="day",
+            help="how to group rows (default: day)",
+        )
+        usage.add_argument(
+            "--since", metavar="DATE", help="from DATE (2026-12-01, or 7d, 12h ago)"
+        )
+        usage.add_argument("--until", metavar="DATE", help="up to DATE (exclusive)")
+        usage.add_argument("--utc", action="store_true", help="days in UTC, not local")
+        _common(usage)
 
-    watch = sub.add_parser("watch", help="a live stream of events as they happen")
-    watch.add_argument("--session", metavar="ID", help="only this session")
-    _common(watch)
+    if wanted("sessions"):
+        sessions = sub.add_parser("sessions", help="list sessions or show one")
+        ssub = sessions.add_subparsers(dest="sessions_command", required=True)
+        slist = ssub.add_parser("list", help="newest first")
+        _common(slist)
+        sshow = ssub.add_parser(
+            "show", help="one session; a unique id prefix is enough"
+        )
+        sshow.add_argument("id", metavar="ID")
+        _common(sshow)
 
-    plugins = sub.add_parser("plugins", help="loaded subscribers and their state")
-    _common(plugins)
+    if wanted("watch"):
+        watch = sub.add_parser("watch", help="a live stream of events as they happen")
+        watch.add_argument("--session", metavar="ID", help="only this session")
+        _common(watch)
 
-    daemon = sub.add_parser("daemon", help="start, stop or inspect the daemon")
-    dsub = daemon.add_subparsers(dest="daemon_command", required=True)
-    start = dsub.add_parser("start", help="start the daemon (detached)")
-    start.add_argument("--foreground", action="store_true", help="run in this terminal")
-    _common(start, output=False)
-    for name, text in (
-        ("stop", "stop the daemon gracefully"),
-        ("status", "pid, uptime, sessions, subscribers, dedup drops"),
-        ("restart", "stop, then start"),
-    ):
-        cmd = dsub.add_parser(name, help=text)
-        _common(cmd, output=name == "status")
+    if wanted("plugins"):
+        plugins = sub.add_parser("plugins", help="loaded subscribers and their state")
+        _common(plugins)
+
+    if wanted("daemon"):
+        daemon = sub.add_parser("daemon", help="start, stop or inspect the daemon")
+        dsub = daemon.add_subparsers(dest="daemon_command", required=True)
+        start = dsub.add_parser("start", help="start the daemon (detached)")
+        start.add_argument(
+            "--foreground", action="store_true", help="run in this terminal"
+        )
+        _common(start, output=False)
+        for name, text in (
+            ("stop", "stop the daemon gracefully"),
+            ("status", "pid, uptime, sessions, subscribers, dedup drops"),
+            ("restart", "stop, then start"),
+        ):
+            cmd = dsub.add_parser(name, help=text)
+            _common(cmd, output=name == "status")
     return parser
 
 
@@ -235,6 +258,8 @@ def _renderer(args: argparse.Namespace) -> Renderer:
 
 
 def _read_config() -> dict[str, Any]:
+    import tomllib  # only ``ask`` reads the config: keep other commands quick
+
     path = config_file()
     try:
         with path.open("rb") as f:
@@ -395,9 +420,25 @@ def _local_offset() -> int:
     )
 
 
+COMMANDS = ("ask", "ingest", "usage", "sessions", "watch", "plugins", "daemon")
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """Return the command ``argv`` names, or ``None`` when it names none."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--socket":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run ``vizier`` with ``argv``; return the exit code."""
-    parser = build_parser()
+    parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
     renderer: Renderer | None = None
     try:
         args = parser.parse_args(argv)

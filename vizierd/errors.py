@@ -8,12 +8,14 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyRunning",
+    "AmbiguousSession",
     "BackendError",
     "BusClosed",
     "ConfigError",
     "DaemonUnavailable",
     "InputError",
     "ProtocolError",
+    "SessionNotFound",
     "UnsafeDirectory",
     "UsageError",
     "VizierError",
@@ -48,6 +50,18 @@ class InputError(VizierError):
     """
 
     kind = "input"
+
+
+class SessionNotFound(UsageError):
+    """No session has the id given, nor an id starting with it."""
+
+    kind = "session-not-found"
+
+
+class AmbiguousSession(UsageError):
+    """More than one session id starts with the prefix given."""
+
+    kind = "ambiguous-session"
 
 
 class BackendError(VizierError):

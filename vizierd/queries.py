@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from vizierd.errors import UsageError
+from vizierd.errors import AmbiguousSession, SessionNotFound, UsageError
 from vizierd.events import SessionDoc
 from vizierd.history import Index, gc_paused, load_index
 from vizierd.summary import BUCKET_SECONDS, Bucket, Segment
@@ -63,18 +63,6 @@ FIELDS = (
 MESSAGE_CHARS = 500
 #: How many damaged journal lines are spelled out as warnings.
 MAX_WARNINGS = 20
-
-
-class SessionNotFound(UsageError):
-    """``sessions show ID``: no session has that id or an id starting with it."""
-
-    kind = "session-not-found"
-
-
-class AmbiguousSession(UsageError):
-    """``sessions show ID``: more than one session id starts with ``ID``."""
-
-    kind = "ambiguous-session"
 
 
 # --- --since and --until ---------------------------------------------------

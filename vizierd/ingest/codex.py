@@ -320,11 +320,13 @@ class CodexRolloutParser:
                 message=f"waiting for parent session {parent}",
                 detail="usage unknown until the parent session is ingested",
             )
+            # Dated at the fork, so a backfill puts it on the fork's day.
             yield UsageObserved(
                 source="codex-rollout",
                 request_id=f"{self._thread}#waiting-for-parent",
                 model=self.meta.model,
                 known=False,
+                at=_parse_time(self.meta.started_at) or utcnow(),
             )
         elif self.replayed:
             yield Progress(
