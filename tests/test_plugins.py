@@ -180,3 +180,24 @@ async def test_slow_subscriber_slows_nothing_it_should_not(env: Env) -> None:
         assert stats["slow"]["dropped"] > 0
         release.set()
     assert 0 < len(seen) <= 3
+
+
+def test_contrib_budget_guard_warns_once(env: Env) -> None:
+    site = env.root / "site"
+    install_plugins(
+        site,
+        {"budget-guard": "vizier_budget_guard:create"},
+        {
+            "vizier_budget_guard": (
+                REPO / "contrib" / "budget_guard" / "vizier_budget_guard.py"
+            ).read_text()
+        },
+    )
+    (env.config / "config.toml").write_text(
+        "[subscribers.budget-guard]\nmax_tokens = 30000\n"
+    )
+    result = env.run(
+        "--no-daemon", "ingest", "-q", str(EXAMPLE), extra_env={"PYTHONPATH": str(site)}
+    )
+    assert result.returncode == 0
+    assert result.stderr.count("passed its budget: 32255 tokens (budget 30000)") == 1
