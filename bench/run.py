@@ -91,7 +91,9 @@ async def _anyio_fanout(events: list[AnyEvent]) -> float:
     counts = [0] * SUBSCRIBERS
     pairs = [anyio.create_memory_object_stream[AnyEvent](1024) for _ in counts]
 
-    async def consume(index: int, receive: anyio.abc.ObjectReceiveStream[AnyEvent]) -> None:
+    async def consume(
+        index: int, receive: anyio.abc.ObjectReceiveStream[AnyEvent]
+    ) -> None:
         async with receive:
             while True:
                 try:
@@ -139,7 +141,7 @@ async def _pyee(events: list[AnyEvent]) -> float:
         # Let the listener tasks run now and then, as a producer must.
         if number % 256 == 0:
             await asyncio.sleep(0)
-    while sum(counts) < SUBSCRIBERS * len(events):
+    while sum(counts) < SUBSCRIBERS * len(events):  # noqa: ASYNC110 - a busy drain is the fair baseline
         await asyncio.sleep(0)
     return time.perf_counter() - start
 
@@ -314,14 +316,24 @@ def _small_rollouts(folder: Path, count: int) -> list[Path]:
             "total_tokens": 110 + i % 7,
         }
         lines = [
-            {"timestamp": "2026-11-01T10:00:00Z", "type": "session_meta",
-             "payload": {"id": sid, "timestamp": "2026-11-01T10:00:00Z"}},
-            {"timestamp": "2026-11-01T10:00:01Z", "type": "turn_context",
-             "payload": {"model": "gpt-bench"}},
-            {"timestamp": "2026-11-01T10:00:02Z", "type": "event_msg",
-             "payload": {"type": "token_count",
-                         "info": {"total_token_usage": usage,
-                                  "last_token_usage": usage}}},
+            {
+                "timestamp": "2026-11-01T10:00:00Z",
+                "type": "session_meta",
+                "payload": {"id": sid, "timestamp": "2026-11-01T10:00:00Z"},
+            },
+            {
+                "timestamp": "2026-11-01T10:00:01Z",
+                "type": "turn_context",
+                "payload": {"model": "gpt-bench"},
+            },
+            {
+                "timestamp": "2026-11-01T10:00:02Z",
+                "type": "event_msg",
+                "payload": {
+                    "type": "token_count",
+                    "info": {"total_token_usage": usage, "last_token_usage": usage},
+                },
+            },
         ]
         path = folder / f"rollout-{i:05d}.jsonl"
         path.write_bytes(b"".join(msgspec.json.encode(x) + b"\n" for x in lines))
@@ -342,16 +354,18 @@ def bench_memory(sessions: int = 10_000, batch: int = 500) -> None:
         many = daemon.rss_kib()
     print(f"memory: daemon resident set after 1 and after {sessions + 1:,} sessions")
     print(f"  after 1 session      {one / 1024:8.1f} MiB")
-    print(f"  after {sessions + 1:,} sessions {many / 1024:6.1f} MiB "
-          f"({sessions / took:,.0f} sessions/s through the socket)")
+    print(
+        f"  after {sessions + 1:,} sessions {many / 1024:6.1f} MiB "
+        f"({sessions / took:,.0f} sessions/s through the socket)"
+    )
     print(f"  ratio: {many / one:.2f}x  (aim: < 1.3x)")
 
 
 def bench_usage(sessions: int = 10_000, events: int = 1_000_000) -> None:
+    import tempfile
+
     from bench.make_journal import make_journal
     from subscribers.journal import JOURNAL_NAME
-
-    import tempfile
 
     state = Path(tempfile.mkdtemp(prefix="vzusage", dir="/tmp"))
     counts = make_journal(state, sessions, events)
@@ -372,8 +386,10 @@ def bench_usage(sessions: int = 10_000, events: int = 1_000_000) -> None:
     import shutil
 
     shutil.rmtree(state, ignore_errors=True)
-    print(f"usage: {counts['sessions']:,} sessions, {counts['events']:,} events, "
-          f"journal {counts['journal_bytes'] / 2**20:,.0f} MiB")
+    print(
+        f"usage: {counts['sessions']:,} sessions, {counts['events']:,} events, "
+        f"journal {counts['journal_bytes'] / 2**20:,.0f} MiB"
+    )
     print(f"  vizier usage --by day      {ours * 1000:8.1f} ms")
     print(f"  bare msgspec journal scan  {base * 1000:8.1f} ms")
     print(f"  ratio: {ours / base:.2f}x  (aim: < 0.2x)")
@@ -396,8 +412,11 @@ def bench_ask(runs: int = 15) -> None:
     )
     try:
         with Daemon() as daemon:
-            env = {**daemon.env, "OPENAI_BASE_URL": server.base_url,
-                   "OPENAI_API_KEY": "sk-bench"}
+            env = {
+                **daemon.env,
+                "OPENAI_BASE_URL": server.base_url,
+                "OPENAI_API_KEY": "sk-bench",
+            }
             vizier = str(Path(sys.executable).with_name("vizier"))
             ask = [vizier, "ask", "--model", "gpt-bench", "-q", "hi"]
             _median_wall(ask, 2, env)

@@ -235,7 +235,7 @@ class DedupStage:
             self._drop(state, "unchanged")
             return None
 
-        grew, shrank = _compare(old, new)
+        _, shrank = _compare(old, new)
         if shrank:
             logger.info(
                 "session %s: %s running total went down; starting a new series",

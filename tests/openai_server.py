@@ -70,6 +70,7 @@ class OpenAIServer:
         self._queues: dict[str, deque[Reply]] = {}
         self._fallback: dict[str, Reply] = {}
         self._bodies: list[tuple[str, dict[str, Any]]] = []
+        self._keys: list[str | None] = []
         self.unexpected: list[str] = []
 
     def start(self) -> None:
@@ -92,6 +93,7 @@ class OpenAIServer:
             self._queues.clear()
             self._fallback.clear()
             self._bodies.clear()
+            self._keys.clear()
             self.unexpected.clear()
         self.release = threading.Event()
 
@@ -115,14 +117,21 @@ class OpenAIServer:
         with self._lock:
             return [body for p, body in self._bodies if path in (None, p)]
 
+    def keys(self) -> list[str | None]:
+        """Return the bearer token of each request received, oldest first."""
+        with self._lock:
+            return list(self._keys)
+
     def _dispatch(self, request: Request) -> Response:
         path = request.path
+        auth = request.headers.get("Authorization")
         try:
             body = json.loads(request.get_data() or b"{}")
         except ValueError:
             body = {"<not json>": request.get_data(as_text=True)}
         with self._lock:
             self._bodies.append((path, body))
+            self._keys.append(auth.removeprefix("Bearer ") if auth else None)
             queue = self._queues.get(path)
             reply = queue.popleft() if queue else self._fallback.get(path)
             if reply is None:

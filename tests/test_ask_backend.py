@@ -54,7 +54,6 @@ from vizierd.ledger import Ledger
 from vizierd.protocol import AskRequest
 from vizierd.sessions import SessionHandle, SessionSpec, run_session
 
-
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-never-show-me-0123456789"

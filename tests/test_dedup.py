@@ -255,7 +255,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[tuple[int, int, int]], list[Any]]:
         steps = draw(
             st.lists(st.tuples(st.integers(0, p), st.integers(0, c)), max_size=3)
         )
-        snapshots = sorted(steps) + [(p, c)]
+        snapshots = [*sorted(steps), (p, c)]
         stream: list[Any] = []
         last = (0, 0)
         for sp, sc in snapshots:

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO, Env, expected, real_data
-from vizierd.errors import UsageError
-from vizierd.errors import AmbiguousSession, SessionNotFound
+from vizierd.errors import AmbiguousSession, SessionNotFound, UsageError
 from vizierd.queries import parse_when
 from vizierd.queries import resolve_session as resolve
 

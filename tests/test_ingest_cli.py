@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -103,7 +102,12 @@ def test_reingest_updates_the_session_and_never_doubles(env: Env) -> None:
 
 def test_stdin_and_format_flag(env: Env) -> None:
     result = env.run(
-        "--no-daemon", "ingest", "--format", "codex-rollout", "--json", "-",
+        "--no-daemon",
+        "ingest",
+        "--format",
+        "codex-rollout",
+        "--json",
+        "-",
         input=EXAMPLE.read_bytes(),
     )
     assert result.returncode == 0, result.stderr
@@ -116,8 +120,7 @@ def test_stdin_and_format_flag(env: Env) -> None:
         (b"", "the input is empty"),
         (b"\x00\x01\x02binary\x00", "binary file"),
         (b"this is not json\n", ":1:"),
-        (b'{"type":"session_meta","payload":{"id":"x"}}\n{"type":"event_msg",',
-         ":2:"),
+        (b'{"type":"session_meta","payload":{"id":"x"}}\n{"type":"event_msg",', ":2:"),
     ],
     ids=["empty", "binary", "not-json", "truncated-last-line"],
 )
@@ -196,7 +199,9 @@ def test_project_root_is_the_git_root(env: Env) -> None:
 
     subprocess.run(
         [*VIZIER, "--no-daemon", "ingest", "-q", str(EXAMPLE)],
-        cwd=sub, env={**os.environ, **env.environ()}, check=True,
+        cwd=sub,
+        env={**os.environ, **env.environ()},
+        check=True,
     )
     (path,) = env.sessions()
     doc = json.loads(path.read_text())
@@ -204,7 +209,9 @@ def test_project_root_is_the_git_root(env: Env) -> None:
 
 
 def _journal(env: Env) -> list[dict[str, object]]:
-    return [json.loads(x) for x in (env.state / "journal.jsonl").read_text().splitlines()]
+    return [
+        json.loads(x) for x in (env.state / "journal.jsonl").read_text().splitlines()
+    ]
 
 
 def test_journal_records_the_session(env: Env) -> None:

@@ -21,7 +21,9 @@ EXAMPLE = REPO / "examples" / "codex-rollout-demo.jsonl"
 SESSION_SCHEMA = json.loads((REPO / "schemas" / "vizier.session.v1.json").read_text())
 
 
-def install_plugins(site: Path, entries: dict[str, str], modules: dict[str, str]) -> None:
+def install_plugins(
+    site: Path, entries: dict[str, str], modules: dict[str, str]
+) -> None:
     """Make a distribution with entry points importable from ``site``."""
     info = site / "vizier_test_plugins-0.1.dist-info"
     info.mkdir(parents=True)
@@ -70,7 +72,10 @@ def test_broken_raising_and_hanging_plugins_do_not_stop_the_session(env: Env) ->
         {"raising_plugin": RAISING, "hanging_plugin": HANGING},
     )
     result = env.run(
-        "--no-daemon", "ingest", "--json", str(EXAMPLE),
+        "--no-daemon",
+        "ingest",
+        "--json",
+        str(EXAMPLE),
         extra_env={"PYTHONPATH": str(site)},
     )
     assert result.returncode == 0, result.stderr

@@ -380,12 +380,13 @@ class Bus:
         """
         if self._tg is None:
             raise RuntimeError("the bus is not running; use it as 'async with'")
+        chosen_policy: Policy = policy or getattr(subscriber, "policy", None) or "block"
         sub = Subscription(
             self,
             subscriber,
-            policy=policy or getattr(subscriber, "policy", "block"),
-            capacity=capacity or getattr(subscriber, "capacity", self.capacity),
-            timeout=timeout or getattr(subscriber, "timeout", self.timeout),
+            policy=chosen_policy,
+            capacity=capacity or getattr(subscriber, "capacity", None) or self.capacity,
+            timeout=timeout or getattr(subscriber, "timeout", None) or self.timeout,
             max_failures=self.max_failures,
             accepts=accepts or getattr(subscriber, "accepts", None),
         )
@@ -413,27 +414,25 @@ class Bus:
         if self._closed:
             raise BusClosed("the event bus is closed")
 
-        events: list[AnyEvent]
-        out: AnyEvent | list[AnyEvent] | None = event
+        current: AnyEvent | list[AnyEvent] = event
         for stage in self.stages:
             # Nearly every event is one event through every stage; the general
             # case (a stage that adds events) takes the slower path.
-            if isinstance(out, list):
+            if isinstance(current, list):
                 passed: list[AnyEvent] = []
-                for item in out:
-                    result = stage.process(item)
-                    if isinstance(result, list):
-                        passed.extend(result)
-                    elif result is not None:
-                        passed.append(result)
-                out = passed
+                for item in current:
+                    out = stage.process(item)
+                    if isinstance(out, list):
+                        passed.extend(out)
+                    elif out is not None:
+                        passed.append(out)
+                current = passed
             else:
-                out = stage.process(out)
-                if out is None:
+                result = stage.process(current)
+                if result is None:
                     return
-        if out is None:
-            return
-        events = out if isinstance(out, list) else [out]
+                current = result
+        events = current if isinstance(current, list) else [current]
 
         seq = self._seq
         for item in events:

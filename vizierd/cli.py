@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from vizierd import __version__
 from vizierd.errors import ConfigError, UsageError, VizierError
-from vizierd.paths import config_file, socket_path
+from vizierd.paths import check_session_id, config_file, socket_path
 from vizierd.protocol import (
     AskRequest,
     IngestRequest,
@@ -299,6 +299,12 @@ def ask_request(args: argparse.Namespace) -> AskRequest:
     model = args.model or os.environ.get("VIZIER_MODEL") or table.get("model")
     key = os.environ.get("OPENAI_API_KEY") or table.get("api_key")
     base_url = os.environ.get("OPENAI_BASE_URL") or table.get("base_url")
+    if not key and not base_url and not model:
+        raise ConfigError(
+            "nothing configured for ask: set OPENAI_API_KEY (and OPENAI_BASE_URL "
+            "for a server other than OpenAI's) and VIZIER_MODEL, or api_key and "
+            f"model in [ask] of {config_file()}"
+        )
     if not key and not base_url:
         raise ConfigError(
             "no API configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a "
@@ -309,6 +315,8 @@ def ask_request(args: argparse.Namespace) -> AskRequest:
             "no model: pass --model, set VIZIER_MODEL, or set model in [ask] of "
             f"{config_file()}"
         )
+    if args.session is not None:
+        check_session_id(args.session)
     prompt = _prompt(args)
     if not prompt.strip():
         raise UsageError("the prompt is empty")
@@ -325,32 +333,51 @@ def ask_request(args: argparse.Namespace) -> AskRequest:
         session=args.session,
         api=args.api,
         stream=not args.no_stream,
-        timeout=_float_env("VIZIER_TIMEOUT", table.get("timeout")),
-        max_retries=_int_env("VIZIER_MAX_RETRIES", table.get("max_retries")),
+        timeout=_seconds("VIZIER_TIMEOUT", table, "timeout"),
+        max_retries=_count("VIZIER_MAX_RETRIES", table, "max_retries"),
         client_pid=os.getpid(),
     )
 
 
-def _float_env(name: str, fallback: object) -> float | None:
-    value = os.environ.get(name, fallback)
+def _setting(env: str, table: dict[str, Any], key: str) -> tuple[object, str]:
+    """Return a setting's value and where it came from: ``env``, else ``key``.
+
+    An empty variable counts as unset, as for ``OPENAI_API_KEY``.
+    """
+    value = os.environ.get(env)
+    if value:
+        return value, env
+    return table.get(key), f"{key} in [ask] of {config_file()}"
+
+
+def _seconds(env: str, table: dict[str, Any], key: str) -> float | None:
+    value, where = _setting(env, table, key)
     if value is None:
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{name} must be a number of seconds, not {value!r}"
-        ) from None
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also false for NaN
+        raise ConfigError(f"{where} must be a number of seconds, not {value!r}")
+    return seconds
 
 
-def _int_env(name: str, fallback: object) -> int | None:
-    value = os.environ.get(name, fallback)
+def _count(env: str, table: dict[str, Any], key: str) -> int | None:
+    value, where = _setting(env, table, key)
     if value is None:
         return None
     try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ConfigError(f"{where} must be a whole number, not {value!r}")
+    return count
 
 
 def ingest_request(args: argparse.Namespace) -> IngestRequest:

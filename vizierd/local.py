@@ -39,7 +39,6 @@ async def _serve(request: Any, renderer: Renderer) -> int:
     interrupted = False
     failure: VizierError | None = None
     async with Pipeline("inprocess", state_dir(), renderer=renderer) as pipeline:
-
         async with anyio.create_task_group() as tg:
 
             async def watch_signals() -> None:

@@ -9,12 +9,40 @@ platformdirs, imported only when it is asked for.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
-__all__ = ["config_dir", "config_file", "socket_path", "state_dir"]
+from vizierd.errors import UsageError
+
+__all__ = [
+    "check_session_id",
+    "config_dir",
+    "config_file",
+    "socket_path",
+    "state_dir",
+]
 
 APP = "vizier"
+
+# A session id names a folder under ``.vizier/sessions``: nothing in it may
+# climb out of that folder or hide there (``/``, ``..``, a leading dot).
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_session_id(session_id: str) -> str:
+    """Return ``session_id`` if it can name a session folder.
+
+    Raises :class:`UsageError` for an id that is empty, longer than 200
+    characters, or holds anything but letters, digits, ``.``, ``_`` and
+    ``-`` (or starts with one of the last three).
+    """
+    if _SESSION_ID.fullmatch(session_id) is None:
+        raise UsageError(
+            f"not a valid session id: {session_id!r} (use letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit)"
+        )
+    return session_id
 
 
 def socket_path() -> Path:

@@ -84,6 +84,11 @@ def _has_known_usage(usage: TokenUsage | None) -> bool:
     return usage is not None and usage.calls > usage.unknown_calls
 
 
+def _delta(value: int | None) -> str:
+    # The last report was an unknown call's: its delta is unknown, not 0.
+    return "?" if value is None else str(value)
+
+
 def epilogue(outcome: OutcomeDoc) -> str:
     """Return the last line of a command that ran a session."""
     verb = {"ok": "complete", "error": "failed", "interrupted": "interrupted"}[
@@ -94,9 +99,10 @@ def epilogue(outcome: OutcomeDoc) -> str:
         tokens = "unknown"
     else:
         tokens = (
-            f"prompt={usage.prompt_total} [+{usage.prompt_delta}] "
-            f"completion={usage.completion_total} [+{usage.completion_delta}] "
-            f"total={usage.total} [+{usage.delta_total}]"
+            f"prompt={usage.prompt_total} [+{_delta(usage.prompt_delta)}] "
+            f"completion={usage.completion_total} "
+            f"[+{_delta(usage.completion_delta)}] "
+            f"total={usage.total} [+{_delta(usage.delta_total)}]"
         )
     return f"{outcome.action} {verb}; session={outcome.session.id} (tokens: {tokens})"
 
@@ -109,11 +115,12 @@ def summary_line(usage: TokenUsage | None) -> str:
     if usage is None or not _has_known_usage(usage):
         return "Token usage: unknown"
     cached = usage.cached_input_total or 0
-    fresh = usage.prompt_total - cached
-    line = f"Token usage: total={fresh + usage.completion_total:,} input={fresh:,}"
+    fresh = (usage.prompt_total or 0) - cached
+    output = usage.completion_total or 0
+    line = f"Token usage: total={fresh + output:,} input={fresh:,}"
     if usage.cached_input_total is not None:
         line += f" (+ {cached:,} cached)"
-    line += f" output={usage.completion_total:,}"
+    line += f" output={output:,}"
     if usage.reasoning_output_total is not None:
         line += f" (reasoning {usage.reasoning_output_total:,})"
     if usage.unknown_calls:

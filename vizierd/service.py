@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from vizierd.errors import InputError, UsageError
+from vizierd.errors import InputError, SessionNotFound, UsageError
 from vizierd.events import OutcomeDoc
 from vizierd.ingest.runner import InputSource, ingest, order_parents_first
 from vizierd.pipeline import Pipeline
@@ -82,7 +82,17 @@ async def run_ingest_request(
 async def run_ask_request(
     pipeline: Pipeline, req: AskRequest, on_start: OnStart | None = None
 ) -> OutcomeDoc:
-    """Run one ``ask``; return its outcome."""
+    """Run one ``ask``; return its outcome.
+
+    Raises :class:`SessionNotFound` when ``req.session`` names no session
+    of the client's project, :class:`UsageError` when it names one that is
+    not an ``ask`` session or is not a valid id, and :class:`VizierError`
+    when its session log cannot be read; no session runs then.
+    """
+    if req.session is not None:
+        await _check_continuable(req.cwd, req.session)
+
+    # Imported only now: the SDK takes most of a second to load.
     from vizierd.backends.openai_backend import run_ask
     from vizierd.sessions import SessionHandle, SessionSpec
 
@@ -100,6 +110,31 @@ async def run_ask_request(
         await run_ask(handle, req)
 
     return await pipeline.run(spec, produce, on_start)
+
+
+async def _check_continuable(cwd: str, session_id: str) -> None:
+    """Raise unless ``session_id`` is an ``ask`` session of the project at ``cwd``.
+
+    ``--session`` continues a conversation, so an id that names none is an
+    error rather than the start of a new session under that id: a mistyped
+    id would otherwise silently start over, without the earlier messages.
+    """
+    import anyio
+
+    from vizierd.sessions import load_session_doc, project_root, session_path
+
+    path = session_path(project_root(cwd), session_id)
+    doc = await anyio.to_thread.run_sync(load_session_doc, path)
+    if doc is None:
+        raise SessionNotFound(
+            f"no session {session_id} to continue: {path} does not exist "
+            "(leave out --session to start a new session)"
+        )
+    if doc.action != "ask":
+        raise UsageError(
+            f"session {session_id} is an {doc.action} session, not an ask "
+            "session: only a conversation started by ask can be continued"
+        )
 
 
 async def run_query(pipeline: Pipeline, req: object) -> object:

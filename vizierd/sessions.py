@@ -41,6 +41,7 @@ from vizierd.events import (
     utcnow,
 )
 from vizierd.ledger import Ledger
+from vizierd.paths import check_session_id
 
 __all__ = [
     "SessionHandle",
@@ -107,8 +108,13 @@ def _packed_ref(root: Path, ref: str) -> str | None:
 
 
 def session_path(root: Path, session_id: str) -> Path:
-    """Return where the session log of ``session_id`` lives under ``root``."""
-    return root / ".vizier" / "sessions" / session_id / "session.json"
+    """Return where the session log of ``session_id`` lives under ``root``.
+
+    Raises :class:`~vizierd.errors.UsageError` for an id that cannot name a
+    folder there (one holding ``/`` or ``..``): a session log is never
+    written outside ``root/.vizier/sessions``.
+    """
+    return root / ".vizier" / "sessions" / check_session_id(session_id) / "session.json"
 
 
 _doc_decoder = msgspec.json.Decoder(SessionDoc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ _OPENAI_PARSERS = {
 }
 
 _decode = msgspec.json.Decoder().decode
+
+# The first "object" key of a pretty-printed body cut short by the head.
+_OBJECT_KEY = re.compile(rb'"object"\s*:\s*"([^"]*)"')
 
 
 def _classify_json(value: Any) -> str | None:
@@ -67,11 +71,33 @@ def _classify_line(line: bytes) -> str | None:
         data = line[5:].strip()
         if data == b"[DONE]":
             return ""
-        line = data
+        try:
+            # A data line that names no format (Azure's first chunk has an
+            # empty "object") is still SSE framing: look further.
+            return _classify_json(_decode(data)) or ""
+        except msgspec.DecodeError:
+            return None
     try:
         return _classify_json(_decode(line))
     except msgspec.DecodeError:
         return None
+
+
+def _classify_body(head: bytes) -> str | None:
+    """Return the format of one JSON object spread over many lines, if it says.
+
+    A pretty-printed response body is read whole when the head holds all of
+    it; a longer one is known by its first ``"object"`` key, which in both
+    APIs' bodies is the top-level one (no nested item carries that key).
+    """
+    try:
+        return _classify_json(_decode(head))
+    except msgspec.DecodeError:
+        pass
+    match = _OBJECT_KEY.search(head)
+    if match is None:
+        return None
+    return _classify_json({"object": match.group(1).decode(errors="replace")})
 
 
 def detect_format(first_line: bytes, name: str) -> str:
@@ -80,9 +106,11 @@ def detect_format(first_line: bytes, name: str) -> str:
     ``first_line`` is the start of the input: its first line, or several
     complete lines.
     Blank lines and SSE framing (``:`` comments, ``event:`` and ``id:``
-    lines, ``data: [DONE]``) are looked past; the first line that says more
-    decides.  Input that holds only SSE comments is taken for a Chat
-    Completions stream, the API whose proxies send them.
+    lines, ``data: [DONE]``, data lines that name no format) are looked
+    past; the first line that says more decides.  A JSON object spread over
+    several lines (a pretty-printed response body) is judged as a whole.
+    Input that holds only SSE framing is taken for a Chat Completions
+    stream, the API whose proxies send comments.
 
     Raises :class:`InputError` naming the input when it is empty or no line
     matches a known format.
@@ -95,6 +123,8 @@ def detect_format(first_line: bytes, name: str) -> str:
         if not line:
             continue
         found = _classify_line(line)
+        if found is None and not framed and line.startswith(b"{"):
+            found = _classify_body(head)
         if found:
             return found
         if found is None:

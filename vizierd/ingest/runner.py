@@ -305,7 +305,7 @@ async def _after_codex(
     await anyio.to_thread.run_sync(store.save_rows, thread_id, rows)
     for fork in await anyio.to_thread.run_sync(store.take_waiting, thread_id):
         path = Path(fork.path)
-        if not path.exists():
+        if not await anyio.Path(path).exists():
             logger.warning("fork %s waited for %s but its file is gone", fork, sid)
             continue
         logger.info(
