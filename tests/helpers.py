@@ -61,6 +61,9 @@ class Env:
             "VIZIER_STATE_DIR": str(self.state),
             "VIZIER_CONFIG_DIR": str(self.config),
             "NO_COLOR": "1",
+            # A test that forgets --no-daemon must fail, not start a daemon
+            # on the user's default socket.
+            "VIZIER_NO_AUTOSTART": "1",
         }
 
     def run(

@@ -7,10 +7,11 @@ and checks what a person and a program see: stdout, stderr, the exit code,
 the ``--json`` outcome and the session log on disk.
 
 Most run ``--no-daemon``.  The ones where the daemon matters (its own
-environment, Ctrl-C, the API key in its files) and the bulky ones (the
-quirk table, the replay of every real recording) run through a real daemon:
-one started per module, each test in its own project folder, so that the
-SDK is loaded once rather than once per command.
+environment, Ctrl-C, the API key in its files) and the tables of cases (the
+quirks of real servers, the failures, the replay of every real recording)
+run through a real daemon, the way a command runs by default: one daemon
+for the module, each test in a project folder of its own, so that the SDK
+is loaded once rather than once per command.
 
 Nothing waits a fixed time: a stream is held by the server until the test
 lets it go, and output is polled with deadlines.
@@ -114,12 +115,16 @@ class Vizier:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __call__(
-        self, *args: str, stdin: str = "", extra: dict[str, str] | None = None
+        self,
+        *args: str,
+        stdin: str = "",
+        extra: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``vizier [--no-daemon] ARGS``; return what it did."""
         return subprocess.run(
             [*VIZIER, *self.prefix, *args],
-            cwd=self.project,
+            cwd=cwd or self.project,
             env={**self.environ, **(extra or {})},
             input=stdin,
             capture_output=True,
@@ -361,18 +366,19 @@ def test_a_daemon_started_elsewhere_uses_the_settings_of_the_client(
 
 @pytest.mark.parametrize("how", ["argument", "file", "stdin"])
 def test_the_prompt_from_an_argument_a_file_or_stdin(
-    env: Env, local: Vizier, openai_server: OpenAIServer, how: str
+    tmp_path: Path, remote: Vizier, openai_server: OpenAIServer, how: str
 ) -> None:
+    # The command reads the prompt and sends it to the daemon.
     prompt = "What is 2 + 2?\nAnswer with a number."
     args = {
         "argument": [prompt],
-        "file": ["-f", str(env.root / "prompt.txt")],
+        "file": ["-f", str(tmp_path / "prompt.txt")],
         "stdin": ["-"],
     }[how]
-    (env.root / "prompt.txt").write_text(prompt)
+    (tmp_path / "prompt.txt").write_text(prompt)
     openai_server.script(CHAT, stream("4"))
 
-    result = local("ask", "-q", *args, stdin=prompt if how == "stdin" else "")
+    result = remote("ask", "-q", *args, stdin=prompt if how == "stdin" else "")
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "4\n", "")
     [body] = openai_server.bodies(CHAT)
@@ -954,7 +960,7 @@ FAILURES = {
 
 @pytest.mark.parametrize("name", FAILURES)
 def test_a_failure_is_one_line_exit_1_and_kept_in_the_session_log(
-    local: Vizier, openai_server: OpenAIServer, name: str
+    remote: Vizier, openai_server: OpenAIServer, name: str
 ) -> None:
     failure = FAILURES[name]
     failure.script(openai_server)
@@ -964,7 +970,7 @@ def test_a_failure_is_one_line_exit_1_and_kept_in_the_session_log(
     }
     extra = {key: value.format(**where) for key, value in failure.env.items()}
 
-    result = local("ask", *failure.args, "Say hello.", extra=extra)
+    result = remote("ask", *failure.args, "Say hello.", extra=extra)
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -977,7 +983,7 @@ def test_a_failure_is_one_line_exit_1_and_kept_in_the_session_log(
     assert result.stdout == (f"{failure.partial}\n" if failure.partial else "")
     assert len(openai_server.bodies()) == failure.requests
 
-    doc = local.session(session_id)
+    doc = remote.session(session_id)
     assert doc["outcome"]["status"] == "error"
     assert doc["outcome"]["exit_code"] == 1
     assert doc["outcome"]["error"]["kind"] == "backend"
@@ -1166,6 +1172,32 @@ def test_ingest_counts_each_recorded_response_once(
     saved = local.session(doc["session"]["id"])
     assert saved["source"] == fmt
     assert [m["role"] for m in saved["messages"]] == ["assistant"] * calls
+
+
+def test_json_lines_of_stream_chunks_with_azures_first_chunk(
+    local: Vizier, tmp_path: Path
+) -> None:
+    # One stream's chunks, one per line: Azure's first chunk names no object
+    # and has no choices; it is part of the stream, not a call of its own.
+    data = (FIXTURES / "chat-stream.sse").read_text().split("data: [DONE]")[0]
+    chunks = [line[6:] for line in data.splitlines() if line.startswith("data: {")]
+    assert json.loads(chunks[0])["object"] == ""
+    path = tmp_path / "chunks.jsonl"
+    path.write_text("\n".join(chunks) + "\n")
+    fmt, _, summary, want = RECORDINGS["chat-stream.sse"]
+
+    for how in (fmt, "auto"):
+        # Each in a project of its own: a second ingest would resume the first.
+        project = tmp_path / how
+        project.mkdir()
+        result = local(
+            "ingest", "--format", how, "--json", "-q", str(path), cwd=project
+        )
+        doc = outcome(result)
+
+        assert doc["summary"] == summary
+        assert figures(doc["token_usage"]) == want
+        assert doc["token_usage"]["calls"] == 1
 
 
 def test_ingesting_a_recording_again_never_doubles_it(local: Vizier) -> None:

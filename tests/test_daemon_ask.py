@@ -14,8 +14,6 @@ from tests.daemon_helpers import Daemon
 from tests.helpers import Env
 from tests.openai_server import CHAT, OpenAIServer, chat_chunks, error_reply, sse_reply
 
-pytest_plugins = ["tests.conftest_openai"]
-
 SECRET = "sk-test-DoNotLeak-0123456789abcdef"
 USAGE = {
     "prompt_tokens": 12,

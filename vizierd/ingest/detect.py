@@ -55,6 +55,10 @@ def _classify_json(value: Any) -> str | None:
         return "openai-chat"
     if obj == "response":
         return "openai-responses"
+    if isinstance(value.get("choices"), list):
+        # Only Chat Completions answers carry choices; Azure's first chunk
+        # of a stream names no object.
+        return "openai-chat"
     return None
 
 

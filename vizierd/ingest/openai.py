@@ -776,7 +776,16 @@ class OpenAIChatParser(_OpenAIParser):
     _stream_type = ChatStream
 
     def _is_chunk(self, obj: Mapping[str, Any]) -> bool:
-        return obj.get("object") == "chat.completion.chunk"
+        kind = obj.get("object")
+        if kind in ("chat.completion.chunk", "chat.completion"):
+            return bool(kind == "chat.completion.chunk")
+        # Azure starts a stream with a chunk that names no object and has no
+        # choices (its prompt filter results): it is part of the stream, not
+        # a response of its own.  A body without an object has messages.
+        choices = obj.get("choices")
+        return isinstance(choices, list) and not any(
+            isinstance(choice, Mapping) and "message" in choice for choice in choices
+        )
 
     def _body_call(self, obj: object) -> Call:
         return chat_call(obj)
