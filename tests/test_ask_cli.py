@@ -519,13 +519,19 @@ def test_system_prompt_is_sent_first_and_kept(
 ) -> None:
     openai_server.script(CHAT, stream("Paris."))
 
-    result = local("ask", "-q", "--system", "Be brief.", "Capital of France?")
+    result = local("ask", "--system", "Be brief.", "Capital of France?")
 
     assert result.returncode == 0
     [body] = openai_server.bodies(CHAT)
     assert body["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Capital of France?"},
+    ]
+    doc = local.session(session_of(result))
+    assert [(m["role"], m["content"]) for m in doc["messages"]] == [
+        ("system", "Be brief."),
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
     ]
 
 
@@ -903,13 +909,13 @@ FAILURES = {
     ),
     "timeout": Failure(
         lambda s: s.script(CHAT, held(json_reply(chat_body("late")))),
-        "the request to {base} timed out after 0.5s",
-        env={"VIZIER_TIMEOUT": "0.5"},
+        "the request to {base} timed out after 1s",
+        env={"VIZIER_TIMEOUT": "1"},
     ),
     "stalled-stream": Failure(
         lambda s: s.script(CHAT, sse_reply(chat_chunks(["Hel", "lo"]), hold=2)),
-        "the stream from {base} stalled and timed out after 0.5s",
-        env={"VIZIER_TIMEOUT": "0.5"},
+        "the stream from {base} stalled and timed out after 1s",
+        env={"VIZIER_TIMEOUT": "1"},
         partial="Hel",
     ),
     "401": Failure(
