@@ -220,3 +220,20 @@ def test_journal_records_the_session(env: Env) -> None:
     assert types[0] == "session.started" and types[-1] == "session.ended"
     assert types.count("usage.report") == 6
     assert "text.delta" not in types
+
+
+def test_an_agent_id_that_cannot_name_a_folder_is_hashed(env: Env) -> None:
+    odd = env.root / "odd.jsonl"
+    odd.write_text(
+        '{"type":"thread.started","thread_id":"../../etc/x y"}\n'
+        '{"type":"turn.completed","usage":{"input_tokens":5,'
+        '"cached_input_tokens":0,"output_tokens":2}}\n'
+    )
+    result = env.run("--no-daemon", "ingest", "--json", "-q", str(odd))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["token_usage"]["total"] == 7
+    (path,) = env.sessions()
+    assert path.parent.parent == env.project / ".vizier" / "sessions"
+    again = env.run("--no-daemon", "ingest", "--json", "-q", str(odd))
+    assert json.loads(again.stdout)["session"]["id"] == doc["session"]["id"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +155,18 @@ def order_parents_first(paths: Iterable[Path]) -> list[Path]:
     return ordered
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
+
+
 def _session_id(meta: InputMeta, data_head: bytes) -> str:
     prefix = meta.source.split("-")[0]
     if meta.external_id:
-        return f"{prefix}-{meta.external_id}"
+        if _SAFE_ID.fullmatch(meta.external_id):
+            return f"{prefix}-{meta.external_id}"
+        # An agent's id that cannot name a folder is still a stable name
+        # for the session: its digest.
+        digest = hashlib.sha256(meta.external_id.encode()).hexdigest()[:32]
+        return f"{prefix}-{digest}"
     # Without an id of its own, an input is known by its content, so that
     # ingesting the same recording twice is still an update.
     digest = hashlib.sha256(data_head).hexdigest()[:16]
