@@ -3,7 +3,7 @@
 One :func:`run_ask` is one model call, by Chat Completions (streamed or
 not) or by the Responses API.  The answer is published as it arrives, and
 the call is accounted by the same parsing core that ingests recorded
-responses (:mod:`vizierd.ingest.openai`): the SDK's chunks and responses are
+responses (:mod:`vizierd.ingest.openai_wire`): the SDK's chunks and responses are
 turned back into the API's JSON and fed to it, so a live call and its
 recording give the same figures.
 
@@ -24,7 +24,7 @@ import openai
 
 from vizierd.errors import BackendError, ConfigError
 from vizierd.events import MessageRecord
-from vizierd.ingest.openai import (
+from vizierd.ingest.openai_wire import (
     Call,
     ChatStream,
     ResponseShapeError,
