@@ -176,8 +176,16 @@ def test_backfill_twice_gives_identical_totals(
     home, _ = codex_home
 
     def totals() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        # Totals, not deltas: a backfill that adds nothing reports +0.
         logs = {
-            sid: doc["outcome"]["token_usage"] for sid, doc in session_logs(env).items()
+            sid: None
+            if doc["outcome"]["token_usage"] is None
+            else {
+                k: v
+                for k, v in doc["outcome"]["token_usage"].items()
+                if "delta" not in k
+            }
+            for sid, doc in session_logs(env).items()
         }
         by_day = env.run("--no-daemon", "usage", "--json", "--utc").stdout
         return logs, usage_by_session(env), json.loads(by_day)

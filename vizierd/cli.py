@@ -400,6 +400,8 @@ def ingest_request(args: argparse.Namespace) -> IngestRequest:
     for name in files:
         if not Path(name).exists():
             raise UsageError(f"{name}: no such file")
+    if args.codex_home and not Path(args.codex_home).is_dir():
+        raise UsageError(f"--codex-home {args.codex_home}: no such directory")
     return IngestRequest(
         id=1,
         cwd=os.getcwd(),

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from vizierd import __version__
 from vizierd.errors import DaemonUnavailable, ProtocolError, UsageError
 from vizierd.events import OutcomeDoc, decode_event
 from vizierd.paths import socket_path
@@ -275,10 +276,28 @@ def connect_once(path: Path) -> Connection:
         if not isinstance(answer, Welcome):
             raise ProtocolError("the daemon did not answer the hello")
         conn.welcome = answer
+        _warn_if_other_install(answer)
         return conn
     except BaseException:
         conn.close()
         raise
+
+
+def _warn_if_other_install(welcome: Welcome) -> None:
+    """Say so when the daemon runs code from another installation than ours.
+
+    It goes on working (it loaded everything it needs at start), but it is
+    not the version this command belongs to until it is restarted.
+    """
+    ours = str(Path(__file__).resolve().parent)
+    theirs = welcome.package_path
+    if (theirs and theirs != ours) or welcome.tool_version != __version__:
+        sys.stderr.write(
+            f"vizier: warning: the running daemon (pid {welcome.daemon_pid}) is "
+            f"vizier {welcome.tool_version} from {theirs or 'elsewhere'}; this "
+            f"command is vizier {__version__} from {ours}: run "
+            "`vizier daemon restart` to use this one\n"
+        )
 
 
 def _autostart_disabled() -> bool:
@@ -439,16 +458,20 @@ def _watch(conn: Connection, request: WatchRequest, renderer: Renderer) -> int:
     """Render every pushed event until Ctrl-C (exit 130) or the daemon stops (3).
 
     With ``--json`` each event is printed as the JSON line it arrived as.
+    Otherwise the rendered lines are the command's result, so they all go
+    to stdout, the progress lines too.
     """
     conn.send(request)
     out = renderer.stdout
+    as_json = renderer.json
+    renderer = Renderer(out, out, verbosity=max(renderer.verbosity, 0))
     while True:
         try:
             message = conn.receive()
         except KeyboardInterrupt:
             return 130
         if isinstance(message, Pushed):
-            if renderer.json:
+            if as_json:
                 out.write(bytes(message.event).decode() + "\n")
                 out.flush()
             else:

@@ -49,7 +49,7 @@ from vizierd.errors import (
 from vizierd.paths import socket_path, state_dir
 from vizierd.pipeline import Pipeline
 from vizierd.running import Durable, RunningSessions, SessionEnds, recover
-from vizierd.server import HELLO_TIMEOUT, MAX_CONNECTIONS, Server
+from vizierd.server import HELLO_TIMEOUT, MAX_CONNECTIONS, Server, preload
 
 __all__ = [
     "LOG_NAME",
@@ -100,11 +100,13 @@ def check_socket_dir(folder: Path) -> None:
         )
 
 
-def _lock(path: Path, what: str) -> int:
+def _lock(path: Path, what: str, hint: str = "") -> int:
     """Take the lock file ``path`` for this process's life; return its fd.
 
     Raises :class:`AlreadyRunning` naming the holder's pid when another
-    process holds it.
+    process holds it; with a ``hint`` (the lock is not the socket's, so the
+    other daemon will not answer this client) a plain
+    :class:`DaemonUnavailable` that says what to do instead.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -112,9 +114,10 @@ def _lock(path: Path, what: str) -> int:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise AlreadyRunning(
-            f"another vizierd (pid {holder}) is already running on {what}"
-        ) from None
+        message = f"another vizierd (pid {holder}) is already running on {what}"
+        if hint:
+            raise DaemonUnavailable(f"{message}: {hint}") from None
+        raise AlreadyRunning(message) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -181,7 +184,14 @@ def _daemon_files(sock_path: Path, state: Path) -> Iterator[socket.socket]:
     pid_file = state / PID_NAME
     try:
         fds.append(_lock(sock_path.with_name(sock_path.name + ".lock"), str(sock_path)))
-        fds.append(_lock(state / LOCK_NAME, f"the state directory {state}"))
+        fds.append(
+            _lock(
+                state / LOCK_NAME,
+                f"the state directory {state}",
+                "a second daemon needs its own VIZIER_STATE_DIR as well as its "
+                "own socket",
+            )
+        )
         _reclaim(sock_path)
         recover(state / "running")
         sock = _bind(sock_path)
@@ -303,6 +313,7 @@ async def _serve(
                 state,
             )
             ready()
+            tg.start_soon(anyio.to_thread.run_sync, preload)
             await server.serve(listener)
             tg.cancel_scope.cancel()
         logger.info("draining the event bus and writing session logs")

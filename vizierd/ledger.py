@@ -17,6 +17,8 @@ Rules that hold here:
 
 from __future__ import annotations
 
+import msgspec
+
 from vizierd.events import (
     AnyEvent,
     SessionEnded,
@@ -54,8 +56,20 @@ class Totals:
         self.calls = 0
         self.unknown_calls = 0
         self.known_calls = 0
-        self.last: TokenUsage | None = resume
+        self.last: TokenUsage | None = None
         if resume is not None:
+            # A continued session starts from its saved totals with nothing
+            # new yet: until a call is counted, its deltas are zero.
+            self.last = msgspec.structs.replace(
+                resume,
+                prompt_delta=0 if resume.prompt_total is not None else None,
+                completion_delta=0 if resume.completion_total is not None else None,
+                delta_total=0 if resume.total is not None else None,
+                cached_input_delta=0 if resume.cached_input_total is not None else None,
+                reasoning_output_delta=0
+                if resume.reasoning_output_total is not None
+                else None,
+            )
             self.prompt = resume.prompt_total or 0
             self.completion = resume.completion_total or 0
             self.total = resume.total or 0

@@ -70,6 +70,9 @@ class Welcome(msgspec.Struct, tag="welcome", kw_only=True):
     version: int
     daemon_pid: int
     tool_version: str
+    #: Where the daemon's code was loaded from, so a client can tell a
+    #: daemon left running by another installation.
+    package_path: str = ""
 
 
 class AskRequest(msgspec.Struct, tag="ask", kw_only=True):

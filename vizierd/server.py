@@ -66,6 +66,21 @@ from vizierd.protocol import (
 )
 from vizierd.running import RunningSessions, SessionEnds
 
+PACKAGE_PATH = str(Path(__file__).resolve().parent)
+
+
+def preload() -> None:
+    """Import what requests will need, once, in a worker thread.
+
+    A daemon outlives the installation it was started from: importing
+    everything up front keeps a reinstall from pulling modules out from
+    under it, and makes the first ``ask`` as quick as the next.
+    """
+    import vizierd.backends.openai_backend
+    import vizierd.queries
+    import vizierd.tables  # noqa: F401
+
+
 __all__ = ["Server"]
 
 logger = logging.getLogger(__name__)
@@ -263,6 +278,7 @@ class Server:
                 version=PROTOCOL_VERSION,
                 daemon_pid=os.getpid(),
                 tool_version=__version__,
+                package_path=PACKAGE_PATH,
             )
         )
 

@@ -234,6 +234,16 @@ def _parent_of(meta: _SessionMeta) -> str | None:
     return parent if isinstance(parent, str) and parent else None
 
 
+def _check_recognized(name: str, fmt: str, fed: int, skipped: Counter[str]) -> None:
+    """Raise :class:`InputError` when every line fed was of an unknown type."""
+    if fed and sum(skipped.values()) >= fed:
+        kinds = ", ".join(kind for kind, _ in skipped.most_common(3))
+        raise InputError(
+            f"{name}: no line is a {fmt} event (seen: {kinds}); is it another "
+            "format? --format auto tells"
+        )
+
+
 def _skipped_progress(skipped: Counter[str]) -> Progress:
     detail = ", ".join(f"{kind}: {n}" for kind, n in skipped.most_common())
     return Progress(
@@ -264,6 +274,7 @@ class CodexRolloutParser:
         self.rows: list[TokenRow] = []
         self.last_assistant: str | None = None
         self.skipped: Counter[str] = Counter()
+        self._fed = 0
         self.replayed = 0
         self.waiting_for_parent: str | None = None
         self._lookup_parent = lookup_parent
@@ -288,6 +299,7 @@ class CodexRolloutParser:
                 return
             raise self._error(line_no, _not_json(line, exc)) from None
 
+        self._fed += 1
         kind = record.type
         if kind == "event_msg":
             usage = self._event_msg(line_no, record)
@@ -307,11 +319,15 @@ class CodexRolloutParser:
     def finish(self) -> Iterator[AnyEvent]:
         """Yield what the whole input implies.
 
+        Raises :class:`InputError` when no line was a rollout line at all:
+        the input is some other format.
+
         For a fork whose parent is unknown: a progress line and one unknown
         observation, since its own usage cannot be told from the replay.
         Also a progress line for a replayed prefix that was skipped, and one
         for lines of unknown types.  Raises nothing.
         """
+        _check_recognized(self.name, "codex-rollout", self._fed, self.skipped)
         parent = self.waiting_for_parent
         if parent is not None:
             yield Progress(
@@ -490,6 +506,7 @@ class CodexExecParser:
         self.meta = InputMeta(source="codex-exec")
         self.last_assistant: str | None = None
         self.skipped: Counter[str] = Counter()
+        self._fed = 0
         self._turns_completed = 0
         self._turn_open = False
 
@@ -512,6 +529,7 @@ class CodexExecParser:
                 return
             raise self._error(line_no, _not_json(line, exc)) from None
 
+        self._fed += 1
         kind = record.type
         if kind == "item.completed":
             message = self._item(line_no, record)
@@ -539,8 +557,10 @@ class CodexExecParser:
         A stream without any ``turn.completed`` has no usage: one unknown
         observation says so.  So does a last turn that started and never
         completed, whose tokens no running total covers.  Also a progress
-        line for lines of unknown types.  Raises nothing.
+        line for lines of unknown types.  Raises :class:`InputError` when no
+        line was an exec event at all: the input is some other format.
         """
+        _check_recognized(self.name, "codex-exec", self._fed, self.skipped)
         if self._turns_completed == 0:
             yield UsageObserved(
                 source="codex-exec",
