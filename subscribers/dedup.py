@@ -157,18 +157,25 @@ class DedupStage:
 
     def process(self, event: AnyEvent) -> AnyEvent | None:
         """Return ``event`` (or its deduplicated form), or ``None`` to drop it."""
-        if isinstance(event, SessionStarted):
-            state = self._sessions[event.session_id] = _SessionState(event.resume_dedup)
+        kind = type(event)
+        if kind is SessionStarted:
+            state = self._sessions[event.session_id] = _SessionState(
+                event.resume_dedup  # type: ignore[union-attr]
+            )
         else:
-            state = self._state(event.session_id)
+            state = self._sessions.get(event.session_id) or self._state(
+                event.session_id
+            )
 
-        if event.id in state.seen:
+        seen = state.seen
+        size = len(seen)
+        seen.add(event.id)
+        if len(seen) == size:
             self._drop(state, "redelivered")
             return None
-        state.seen.add(event.id)
 
-        if isinstance(event, UsageObserved):
-            return self._observation(state, event)
+        if kind is UsageObserved:
+            return self._observation(state, event)  # type: ignore[arg-type]
         if isinstance(event, SessionEnded):
             record = state.record()
             del self._sessions[event.session_id]

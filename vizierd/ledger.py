@@ -41,6 +41,7 @@ class Totals:
         "completion",
         "known_calls",
         "last",
+        "last_report",
         "prompt",
         "reasoning",
         "total",
@@ -57,6 +58,8 @@ class Totals:
         self.unknown_calls = 0
         self.known_calls = 0
         self.last: TokenUsage | None = None
+        # The latest report; turned into a TokenUsage only when asked for.
+        self.last_report: UsageReport | None = None
         if resume is not None:
             # A continued session starts from its saved totals with nothing
             # new yet: until a call is counted, its deltas are zero.
@@ -148,7 +151,7 @@ class Totals:
             if self.reasoning is None or not known
             else reasoning or 0,
         )
-        self.last = token_usage_of(report)
+        self.last_report = report
         return report
 
 
@@ -177,4 +180,9 @@ class Ledger:
     def usage(self, session_id: str | None) -> TokenUsage | None:
         """Return the last report of a running session, or ``None``."""
         totals = self._sessions.get(session_id)
-        return None if totals is None else totals.last
+        if totals is None:
+            return None
+        if totals.last_report is not None:
+            totals.last = token_usage_of(totals.last_report)
+            totals.last_report = None
+        return totals.last
