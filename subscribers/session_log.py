@@ -46,18 +46,22 @@ logger = logging.getLogger(__name__)
 
 #: Reports arriving faster than this are coalesced into one write.
 WRITE_INTERVAL = 0.25
+#: ... and a document that takes long to write is written at most once per
+#: this many times its last write took.
+WRITE_COST_FACTOR = 10
 
 _encoder = msgspec.json.Encoder()
 
 
 class _Open:
-    __slots__ = ("dirty", "doc", "last_write", "path")
+    __slots__ = ("dirty", "doc", "interval", "last_write", "path")
 
     def __init__(self, doc: SessionDoc, path: Path) -> None:
         self.doc = doc
         self.path = path
         self.dirty = True
         self.last_write = 0.0
+        self.interval = WRITE_INTERVAL
 
 
 class SessionLogWriter:
@@ -87,7 +91,7 @@ class SessionLogWriter:
             doc.usage_reports.append(token_usage_of(event))
             doc.outcome.token_usage = doc.usage_reports[-1]
             entry.dirty = True
-            if time.monotonic() - entry.last_write >= WRITE_INTERVAL:
+            if time.monotonic() - entry.last_write >= entry.interval:
                 await self._write(entry)
         elif isinstance(event, Outcome):
             out = event.outcome
@@ -113,7 +117,10 @@ class SessionLogWriter:
         pending = [e.last_write for e in self._open.values() if e.dirty]
         if not pending:
             return None
-        return min(pending) + WRITE_INTERVAL - time.monotonic()
+        return (
+            min(e.last_write + e.interval for e in self._open.values() if e.dirty)
+            - time.monotonic()
+        )
 
     async def flush(self) -> None:
         """Write every session whose latest changes are not on disk yet."""
@@ -199,9 +206,13 @@ class SessionLogWriter:
         entry.doc.updated_at = utcnow()
         data = _encoder.encode(entry.doc)
         entry.dirty = False
-        entry.last_write = time.monotonic()
+        started = entry.last_write = time.monotonic()
         try:
             await anyio.to_thread.run_sync(write_atomic, entry.path, data)
+            # A long session's document grows with it: space the writes out
+            # so rewriting it never takes more than a tenth of the time.
+            cost = time.monotonic() - started
+            entry.interval = max(WRITE_INTERVAL, WRITE_COST_FACTOR * cost)
         except OSError as exc:
             # The session goes on; the next write tries again.
             entry.dirty = True

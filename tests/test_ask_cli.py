@@ -802,12 +802,35 @@ def test_a_session_continues_with_its_messages_and_its_totals(
         ("assistant", "Rome."),
     ]
     answers = [m for m in doc["messages"] if m["role"] == "assistant"]
-    assert [m["request_id"] for m in answers] == ["chatcmpl-1", "chatcmpl-2"]
+    assert [m["request_id"].partition("~")[0] for m in answers] == [
+        "chatcmpl-1",
+        "chatcmpl-2",
+    ]
     assert [m["usage"]["prompt_tokens"] for m in answers] == [1000, 1200]
     assert [m["usage"]["cached_prompt_tokens"] for m in answers] == [0, 1024]
     assert [r["prompt_total"] for r in doc["usage_reports"]] == [1000, 2200]
     assert doc["outcome"]["token_usage"]["calls"] == 2
     assert doc["outcome"]["summary"] == "Rome."
+
+
+def test_a_server_that_reuses_response_ids_still_counts_every_call(
+    local: Vizier, openai_server: OpenAIServer
+) -> None:
+    # Ollama draws its response ids from a thousand: two calls of a session
+    # can share one, with identical counts, and both are billed.
+    openai_server.script(
+        CHAT,
+        stream("One.", id="chatcmpl-7"),
+        stream("Two.", id="chatcmpl-7"),
+    )
+    first = local("ask", "--json", "-q", "one")
+    session_id = outcome(first)["session"]["id"]
+    second = local("ask", "--json", "-q", "--session", session_id, "two")
+
+    usage = outcome(second)["token_usage"]
+    once = outcome(first)["token_usage"]
+    assert usage["calls"] == 2
+    assert usage["total"] == 2 * once["total"]
 
 
 def test_a_session_continues_through_the_daemon(

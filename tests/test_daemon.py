@@ -256,6 +256,13 @@ def test_kill_9_leaves_valid_logs_and_the_next_daemon_recovers(
         "the reports to reach the journal",
     )
 
+    def saved_total() -> bool:
+        doc = session_doc(daemon.env.project, sid)
+        usage = doc and doc["outcome"]["token_usage"]
+        return bool(usage) and usage["total"] == 2320
+
+    wait_for(saved_total, "the session log to hold the first two calls")
+
     first.kill()
     first.wait(timeout=10)
     assert client.wait(timeout=15) == 3
@@ -277,6 +284,15 @@ def test_kill_9_leaves_valid_logs_and_the_next_daemon_recovers(
     assert recovered["usage_reports"] == cut["usage_reports"]
     assert list((daemon.env.state / "running").iterdir()) == []
     assert "stale socket" in daemon.log()
+
+    # The cut session saved its totals but not its dedup state: ingesting the
+    # whole file again recounts it from scratch, never on top of the cut run.
+    first_two = tuple(sum(c[i] for c in CALLS[:2]) for i in range(4))
+    _append(followed, rollout_calls(CALLS[2:], start=first_two))  # type: ignore[arg-type]
+    again = daemon.run("ingest", "--json", "-q", str(followed))
+    assert again.returncode == 0, again.stderr
+    usage = json.loads(again.stdout)["token_usage"]
+    assert (usage["total"], usage["calls"]) == (3840, 3)
 
 
 def test_sigterm_stops_gracefully(daemon: Daemon, tmp_path: Path) -> None:
@@ -693,3 +709,22 @@ def test_queries_are_answered_through_the_daemon(
     assert {s["name"] for s in plugins["subscribers"]} >= {"journal", "session-log"}
     missing = daemon.run("sessions", "show", "no-such-session")
     assert missing.returncode == 2 and missing.stderr.startswith(b"vizier: ")
+
+
+def test_the_same_session_ingested_at_once_is_counted_once(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    path = write_rollout(tmp_path / "same.jsonl", THREAD.format(7), CALLS)
+    procs = [daemon.popen("ingest", "--json", "-q", str(path)) for _ in range(4)]
+    results = [p.communicate(timeout=60) for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], results
+    for stdout, stderr in results:
+        (doc,) = [json.loads(line) for line in stdout.splitlines()]
+        assert doc["token_usage"]["total"] == 3840
+        assert stderr == b""
+    saved = session_doc(daemon.env.project, f"codex-{THREAD.format(7)}")
+    assert saved is not None
+    assert saved["outcome"]["token_usage"]["total"] == 3840
+    assert saved["outcome"]["token_usage"]["calls"] == 3

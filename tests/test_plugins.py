@@ -144,6 +144,7 @@ async def test_session_log_is_valid_json_after_every_write(
     monkeypatch.setattr(session_log, "write_atomic", checked)
     # Reports come faster than the coalescing interval; make every one count.
     monkeypatch.setattr(session_log, "WRITE_INTERVAL", 0.0)
+    monkeypatch.setattr(session_log, "WRITE_COST_FACTOR", 0)
 
     async with Pipeline("inprocess", env.state, config={}) as pipeline:
         outcome = await ingest(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 __all__ = ["write_atomic"]
+
+_COUNTER = itertools.count()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -14,7 +17,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     Raises :class:`OSError` when the file cannot be written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per writer, not just per process: two tasks of one daemon may
+    # replace the same file at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)

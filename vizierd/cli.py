@@ -270,6 +270,13 @@ def _read_config() -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def _stdin() -> Any:
+    """Return stdin, or raise :class:`UsageError` when it is closed."""
+    if sys.stdin is None:
+        raise UsageError("stdin is closed: give the input as a file instead")
+    return sys.stdin
+
+
 def _prompt(args: argparse.Namespace) -> str:
     if args.file and args.prompt:
         raise UsageError("give the prompt as an argument or with -f, not both")
@@ -281,9 +288,9 @@ def _prompt(args: argparse.Namespace) -> str:
         except UnicodeDecodeError as exc:
             raise UsageError(f"prompt file {args.file} is not UTF-8 text") from exc
     if args.prompt is None or args.prompt == "-":
-        if args.prompt is None and sys.stdin.isatty():
+        if args.prompt is None and _stdin().isatty():
             raise UsageError("no prompt: give PROMPT, -f FILE, or '-' to read stdin")
-        return sys.stdin.read()
+        return str(_stdin().read())
     return str(args.prompt)
 
 
@@ -388,13 +395,13 @@ def ingest_request(args: argparse.Namespace) -> IngestRequest:
         raise UsageError("'-' (stdin) can be given only once")
     if "-" in files:
         files.remove("-")
-        data = sys.stdin.buffer.read()
+        data = _stdin().buffer.read()
     if not files and data is None and not args.codex_home:
-        if sys.stdin.isatty():
+        if _stdin().isatty():
             raise UsageError(
                 "nothing to ingest: name files, '-' for stdin, or --codex-home"
             )
-        data = sys.stdin.buffer.read()
+        data = _stdin().buffer.read()
     if args.follow and (data is not None or len(files) != 1 or args.codex_home):
         raise UsageError("--follow takes exactly one file")
     for name in files:

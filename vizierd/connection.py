@@ -16,8 +16,15 @@ import msgspec
 from anyio.abc import SocketStream
 
 from vizierd.bus import Subscription
-from vizierd.events import AnyEvent, Outcome, OutcomeDoc, Progress, SubscriberFailed
-from vizierd.protocol import Failure, Pushed, frame
+from vizierd.events import (
+    AnyEvent,
+    Outcome,
+    OutcomeDoc,
+    Progress,
+    SessionEnded,
+    SubscriberFailed,
+)
+from vizierd.protocol import MAX_FRAME, Failure, Pushed, frame
 from vizierd.running import SessionEnds
 
 __all__ = [
@@ -125,6 +132,18 @@ class Connection:
 
 def _pushed(request_id: int, event: AnyEvent) -> bytes:
     data = _encoder.encode(event)
+    if len(data) > MAX_FRAME - 1024:
+        # The client refuses frames this large; the event itself is accounted
+        # and kept in the session log, so the client is only told about it.
+        note = Progress(
+            session_id=event.session_id,
+            seq=event.seq,
+            kind="stream",
+            phase="skipped",
+            message=f"a {type(event).__struct_config__.tag} event too large to show",
+            detail=f"{len(data):,} bytes; it is in the session log",
+        )
+        data = _encoder.encode(note)
     return frame(Pushed(id=request_id, event=msgspec.Raw(data)))
 
 
@@ -142,6 +161,9 @@ class ClientStream:
         self.request_id = request_id
         #: The sessions this request runs.
         self.ids: set[str] = set()
+        #: Those of them still running: a later run of the same session (by
+        #: another command) is not this request's to show.
+        self._live: set[str] = set()
         #: Outcomes seen, for the reply of a request that was interrupted.
         self.outcomes: list[OutcomeDoc] = []
         self._ends = ends
@@ -149,6 +171,7 @@ class ClientStream:
     def started(self, session_id: str) -> None:
         """Note a session of this request, before its first event."""
         self.ids.add(session_id)
+        self._live.add(session_id)
         self._ends.expect(session_id)
 
     def accepts(self, event: AnyEvent) -> bool:
@@ -156,7 +179,9 @@ class ClientStream:
         sid = event.session_id
         if sid is None:
             return isinstance(event, SubscriberFailed)
-        if sid in self.ids:
+        if sid in self._live:
+            if isinstance(event, SessionEnded):
+                self._live.discard(sid)
             return True
         if current_stream.get(None) is self:
             self.started(sid)

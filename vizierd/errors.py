@@ -15,6 +15,7 @@ __all__ = [
     "DaemonUnavailable",
     "InputError",
     "ProtocolError",
+    "SessionBusy",
     "SessionNotFound",
     "UnsafeDirectory",
     "UsageError",
@@ -62,6 +63,12 @@ class AmbiguousSession(UsageError):
     """More than one session id starts with the prefix given."""
 
     kind = "ambiguous-session"
+
+
+class SessionBusy(VizierError):
+    """Another command is running the same session (a ``--follow``, say)."""
+
+    kind = "session-busy"
 
 
 class BackendError(VizierError):

@@ -14,14 +14,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import anyio
+
 from vizierd.bus import Bus
+from vizierd.errors import SessionBusy
 from vizierd.events import OutcomeDoc
 from vizierd.ledger import Ledger
 from vizierd.plugins import LoadReport, PluginContext, load_config, load_plugins
 from vizierd.render import Renderer
 from vizierd.sessions import Producer, SessionSpec, run_session
 
-__all__ = ["Pipeline"]
+__all__ = ["SAME_SESSION_WAIT", "Pipeline"]
+
+#: How long a run waits for another run of the same session to end.
+SAME_SESSION_WAIT = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ class Pipeline:
         self.mode = mode
         self.state_dir = state_dir
         self.ledger = Ledger()
+        self._session_locks: dict[str, anyio.Lock] = {}
+        self._session_users: dict[str, int] = {}
         self.plugins: LoadReport = load_plugins(
             mode,
             state_dir,
@@ -86,8 +94,34 @@ class Pipeline:
         producer: Producer,
         on_start: Callable[[str], None] | None = None,
     ) -> OutcomeDoc:
-        """Run one session through this pipeline; return its outcome."""
-        return await run_session(self.bus, self.ledger, spec, producer, on_start)
+        """Run one session through this pipeline; return its outcome.
+
+        Two runs of one session never overlap: they would share a session
+        log and dedup state, and each would count the other's calls.  A run
+        waits up to :data:`SAME_SESSION_WAIT` seconds for another run of its
+        session to end, then raises :class:`SessionBusy`.
+        """
+        sid = spec.session_id
+        if sid is None:
+            return await run_session(self.bus, self.ledger, spec, producer, on_start)
+
+        lock = self._session_locks.setdefault(sid, anyio.Lock())
+        self._session_users[sid] = self._session_users.get(sid, 0) + 1
+        try:
+            with anyio.move_on_after(SAME_SESSION_WAIT):
+                async with lock:
+                    return await run_session(
+                        self.bus, self.ledger, spec, producer, on_start
+                    )
+            raise SessionBusy(
+                f"session {sid} is being run by another command (a --follow?); "
+                "run this again once that one has ended"
+            )
+        finally:
+            self._session_users[sid] -= 1
+            if not self._session_users[sid]:
+                del self._session_users[sid]
+                del self._session_locks[sid]
 
     def stats(self) -> dict[str, Any]:
         """Return subscriber states and dedup drop counts."""

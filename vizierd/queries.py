@@ -86,10 +86,17 @@ def parse_when(
     """
     value = text.strip()
     local = timezone(timedelta(seconds=tz_offset_s))
+    if not value:
+        raise UsageError(f"{option}: give a date (2026-12-01) or an age (7d)")
     age = _AGE.fullmatch(value)
     if age:
         amount, unit = int(age.group(1)), age.group(2).lower()
-        return now - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+        try:
+            return now - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+        except (OverflowError, ValueError):
+            raise UsageError(
+                f"{option} {text}: that reaches past the calendar's first year"
+            ) from None
     word = value.lower()
     if word in ("today", "yesterday"):
         day = now.astimezone(local).date()

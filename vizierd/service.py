@@ -45,10 +45,23 @@ def codex_home_inputs(home: Path) -> list[Path]:
     return sorted(found.values())
 
 
+def _check_cwd(cwd: str) -> None:
+    """Raise :class:`UsageError` unless ``cwd`` is an existing absolute folder.
+
+    The session log goes under the project of the client's working folder;
+    a request naming a relative or missing one must not make the daemon
+    create folders wherever its own working folder happens to be.
+    """
+    path = Path(cwd)
+    if not path.is_absolute() or not path.is_dir():
+        raise UsageError(f"the working folder {cwd!r} is not an existing absolute path")
+
+
 async def run_ingest_request(
     pipeline: Pipeline, req: IngestRequest, on_start: OnStart | None = None
 ) -> list[OutcomeDoc]:
     """Ingest every input of ``req``, parents before forks; return the outcomes."""
+    _check_cwd(req.cwd)
     if req.follow and (req.data is not None or len(req.paths) != 1):
         raise UsageError("--follow takes exactly one file")
 
@@ -89,6 +102,7 @@ async def run_ask_request(
     not an ``ask`` session or is not a valid id, and :class:`VizierError`
     when its session log cannot be read; no session runs then.
     """
+    _check_cwd(req.cwd)
     if req.session is not None:
         await _check_continuable(req.cwd, req.session)
 

@@ -10,6 +10,7 @@ code runs in the daemon and in process (``--no-daemon``).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -219,6 +220,32 @@ class SessionHandle:
 Producer = Callable[[SessionHandle], Awaitable[None]]
 
 
+def _check_writable(folder: Path) -> None:
+    """Raise :class:`OSError` unless a session log can be written in ``folder``.
+
+    Checked before a session starts, so that a session whose log cannot be
+    written fails at once instead of reporting success without a record.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
+    probe.touch()
+    probe.unlink()
+
+
+def _resumable(doc: SessionDoc) -> bool:
+    """Return whether a saved session can be continued from its saved state.
+
+    The dedup state is saved when a session ends.  A session cut short by a
+    crash has totals on disk but no state to go with them; continuing from
+    it would count its calls again, so such a session starts over instead
+    (an ingest then recounts its whole input).
+    """
+    usage = doc.outcome.token_usage
+    if usage is None or usage.calls == 0:
+        return True
+    return bool(doc.dedup.state.get("calls") or doc.dedup.state.get("cumulative"))
+
+
 async def run_session(
     bus: Bus,
     ledger: Ledger,
@@ -241,11 +268,17 @@ async def run_session(
     session_id = spec.session_id or new_session_id()
     path = session_path(root, session_id)
 
+    try:
+        await anyio.to_thread.run_sync(_check_writable, path.parent)
+    except OSError as exc:
+        raise VizierError(
+            f"cannot write the session log in {path.parent}: {exc.strerror or exc}"
+        ) from exc
     previous = await anyio.to_thread.run_sync(load_session_doc, path)
     resume_dedup: DedupRecord | None = None
     resume_usage: TokenUsage | None = None
     history: list[MessageRecord] = []
-    if previous is not None and spec.resume:
+    if previous is not None and spec.resume and _resumable(previous):
         resume_dedup = previous.dedup
         resume_usage = previous.outcome.token_usage
         history = previous.messages

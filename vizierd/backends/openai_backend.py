@@ -15,11 +15,14 @@ message, a progress line or a log line.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import msgspec
 import openai
 
 from vizierd.errors import BackendError, ConfigError
@@ -152,7 +155,9 @@ class _Ask:
             raise BackendError(
                 self._redact(f"{self.where} reported an error: {call.error}")
             )
-        if not call.complete:
+        # A usage chunk comes last: a stream that delivered one was not cut,
+        # even if the server never sent a finish reason.
+        if not call.complete and not call.observation.known:
             if self.stream is not None and self.stream.chunks == 0:
                 raise BackendError(
                     f"{self.where} answered without a single stream event: "
@@ -258,6 +263,12 @@ class _Ask:
         if self._recorded:
             return
         self._recorded = True
+        # Every HTTP call made here is a distinct call, even when a server
+        # reuses response ids (Ollama draws them from a thousand): the id is
+        # made unique per call, so the dedup stage never mistakes one call
+        # for a repeat of another.
+        request_id = f"{call.response_id or 'call'}~{secrets.token_hex(4)}"
+        observation = msgspec.structs.replace(call.observation, request_id=request_id)
         # Shielded: a cancellation arriving between the two events must not
         # keep the message and lose the usage.
         with anyio.CancelScope(shield=True):
@@ -265,9 +276,9 @@ class _Ask:
                 "assistant",
                 call.text,
                 model=call.model,
-                request_id=call.response_id,
+                request_id=request_id,
             )
-            await self.handle.observe(call.observation)
+            await self.handle.observe(observation)
 
     # -- failures ----------------------------------------------------------
 
@@ -379,17 +390,20 @@ def _seconds(timeout: float | None) -> str:
     return "" if timeout is None else f" after {timeout:g}s"
 
 
+_CREDENTIALS = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+")
+
+
 def _redact(text: str, secret: str | None) -> str:
-    """Return ``text`` without ``secret`` in it."""
+    """Return ``text`` without ``secret`` nor any credentials it echoes."""
     if secret and len(secret) >= 4:
         text = text.replace(secret, "[redacted]")
-    return text
+    return _CREDENTIALS.sub(r"\1 [redacted]", text)
 
 
 def _public_url(url: str) -> str:
-    """Return ``url`` without a user name or password, nor a trailing slash."""
-    parts = urlsplit(url.rstrip("/"))
-    if "@" not in parts.netloc:
-        return urlunsplit(parts)
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=host))
+    """Return ``url`` without credentials: no user name or password, no query
+    string (some gateways take the key there), no trailing slash."""
+    parts = urlsplit(url.rstrip("/"))._replace(query="", fragment="")
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    return urlunsplit(parts)
