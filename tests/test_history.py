@@ -729,3 +729,46 @@ def test_the_benchmark_journal_and_its_index_agree(tmp_path: Path) -> None:
         assert indexed == rebuilt, by
     assert rebuilt["total"]["calls"] == counts["calls"]
     assert rebuilt["total"]["total"] == counts["total_tokens"]
+
+
+def test_days_follow_daylight_saving_of_a_named_zone(env: Env) -> None:
+    # 04:30 UTC on 1 July is 00:30 in New York (EDT, UTC-4), though New York
+    # is UTC-5 in winter: the day must come from the zone, not an offset.
+    usage = {
+        "input_tokens": 10,
+        "cached_input_tokens": 0,
+        "output_tokens": 5,
+        "reasoning_output_tokens": 0,
+        "total_tokens": 15,
+    }
+    lines = [
+        {
+            "timestamp": "2026-07-01T04:30:00Z",
+            "type": "session_meta",
+            "payload": {"id": "0199d570-0000-7000-8000-000000000001"},
+        },
+        {
+            "timestamp": "2026-07-01T04:30:05Z",
+            "type": "event_msg",
+            "payload": {
+                "type": "token_count",
+                "info": {"total_token_usage": usage, "last_token_usage": usage},
+            },
+        },
+    ]
+    path = env.root / "summer.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert env.run("--no-daemon", "ingest", "-q", str(path)).returncode == 0
+
+    for zone in ("America/New_York", "Europe/Berlin"):
+        result = env.run(
+            "--no-daemon",
+            "usage",
+            "--json",
+            "--since",
+            "2026-07-01",
+            extra_env={"TZ": zone},
+        )
+        doc = json.loads(result.stdout)
+        assert doc["time_zone"] == zone
+        assert [row["day"] for row in doc["rows"]] == ["2026-07-01"], zone

@@ -435,6 +435,7 @@ def _request(args: argparse.Namespace) -> Any:
             until=args.until,
             utc=args.utc,
             tz_offset_s=_local_offset(),
+            tz_name=_local_zone_name(),
         )
     if command == "sessions":
         show = args.id if args.sessions_command == "show" else None
@@ -446,6 +447,25 @@ def _request(args: argparse.Namespace) -> Any:
     if command == "daemon" and args.daemon_command == "status":
         return StatusRequest(id=1)
     raise UsageError(f"unknown command {command}")
+
+
+def _local_zone_name() -> str | None:
+    """Return this machine's time zone by name (``Europe/Berlin``), if known.
+
+    From ``TZ`` when it names a zone, else from where ``/etc/localtime``
+    points; ``None`` leaves the daemon with the fixed UTC offset.
+    """
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name and "/" in name and not name.startswith("/"):
+        return name
+    if name:
+        return None
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return None
+    _, found, zone = target.partition("zoneinfo/")
+    return zone if found and zone else None
 
 
 def _local_offset() -> int:

@@ -142,6 +142,8 @@ class UsageRequest(msgspec.Struct, tag="usage", kw_only=True):
     until: str | None = None
     utc: bool = False
     tz_offset_s: int | None = None
+    #: The client's time zone by name (``Europe/Berlin``), when it knows it.
+    tz_name: str | None = None
 
 
 class SessionsRequest(msgspec.Struct, tag="sessions", kw_only=True):

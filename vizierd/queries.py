@@ -23,9 +23,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -72,20 +73,25 @@ _UNIT_SECONDS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_when(
-    text: str, *, now: datetime, tz_offset_s: int, option: str = "--since"
+    text: str,
+    *,
+    now: datetime,
+    tz_offset_s: int,
+    option: str = "--since",
+    zone: tzinfo | None = None,
 ) -> datetime:
     """Return the moment ``text`` names, as an aware UTC datetime.
 
     Accepted: a date (``2026-12-01``: its midnight), a date and time
-    (``2026-12-01T10:00``, ``2026-12-01 10:00:30``), both in the time zone
-    ``tz_offset_s`` seconds east of UTC unless they carry their own
+    (``2026-12-01T10:00``, ``2026-12-01 10:00:30``), both in ``zone`` (or,
+    without one, ``tz_offset_s`` seconds east of UTC) unless they carry their own
     (``Z``, ``+02:00``); an age before ``now`` (``30m``, ``12h``, ``7d``,
     ``2w``, optionally followed by ``ago``); ``today`` and ``yesterday``
     (their local midnight).  Raises :class:`UsageError` naming ``option``
     when ``text`` is none of these.
     """
     value = text.strip()
-    local = timezone(timedelta(seconds=tz_offset_s))
+    local = zone or timezone(timedelta(seconds=tz_offset_s))
     if not value:
         raise UsageError(f"{option}: give a date (2026-12-01) or an age (7d)")
     age = _AGE.fullmatch(value)
@@ -123,6 +129,20 @@ def _local_offset() -> int:
     if time.daylight and time.localtime().tm_isdst:
         return -time.altzone
     return -time.timezone
+
+
+def _named_zone(name: str | None) -> ZoneInfo | None:
+    """Return the time zone ``name`` (``Europe/Berlin``), or ``None``.
+
+    A named zone puts every day's usage on the right date across
+    daylight-saving changes, which a fixed UTC offset cannot.
+    """
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _zone_name(offset: int) -> str:
@@ -207,7 +227,12 @@ def _warnings(index: Index) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _group(
-    index: Index, by: str, low: float | None, high: float | None, offset: int
+    index: Index,
+    by: str,
+    low: float | None,
+    high: float | None,
+    offset: int,
+    zone: tzinfo | None = None,
 ) -> tuple[dict[str, list[int | None]], dict[str, int], set[str]]:
     """Return the rows by key, when each key first had usage, the sessions seen.
 
@@ -225,7 +250,12 @@ def _group(
             if by == "day":
                 key = days.get(at)
                 if key is None:
-                    key = days[at] = time.strftime("%Y-%m-%d", time.gmtime(at + offset))
+                    if zone is not None:
+                        # A named zone knows its daylight-saving changes.
+                        key = datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d")
+                    else:
+                        key = time.strftime("%Y-%m-%d", time.gmtime(at + offset))
+                    days[at] = key
             elif by == "model":
                 key = _model_of(seg, bucket)
             elif by == "source":
@@ -251,6 +281,7 @@ def usage_report(
     until: str | None = None,
     utc: bool = False,
     tz_offset_s: int | None = None,
+    tz_name: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Return the usage of every accounted session, grouped ``by``.
@@ -265,10 +296,11 @@ def usage_report(
     if by not in BY:
         raise UsageError(f"--by {by!r}: choose one of {', '.join(BY)}")
     offset = 0 if utc else (tz_offset_s if tz_offset_s is not None else _local_offset())
+    zone = None if utc else _named_zone(tz_name)
     now = now or datetime.now(UTC)
-    start = parse_when(since, now=now, tz_offset_s=offset) if since else None
+    start = parse_when(since, now=now, tz_offset_s=offset, zone=zone) if since else None
     end = (
-        parse_when(until, now=now, tz_offset_s=offset, option="--until")
+        parse_when(until, now=now, tz_offset_s=offset, option="--until", zone=zone)
         if until
         else None
     )
@@ -280,7 +312,7 @@ def usage_report(
 
     with gc_paused():
         index = load_index(state_dir)
-        rows, first, seen = _group(index, by, low, high, offset)
+        rows, first, seen = _group(index, by, low, high, offset, zone)
 
     keys = (
         sorted(rows, key=lambda k: (first[k], k)) if by == "session" else sorted(rows)
@@ -299,7 +331,7 @@ def usage_report(
         "by": by,
         "since": start.isoformat() if start else None,
         "until": end.isoformat() if end else None,
-        "time_zone": _zone_name(offset),
+        "time_zone": zone.key if zone is not None else _zone_name(offset),
         "rows": out_rows,
         "total": _row_dict(total),
         "sessions": len(seen),

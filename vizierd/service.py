@@ -177,6 +177,7 @@ async def run_query(pipeline: Pipeline, req: object) -> object:
             until=req.until,
             utc=req.utc,
             tz_offset_s=req.tz_offset_s,
+            tz_name=req.tz_name,
         )
         return await anyio.to_thread.run_sync(usage)
     if isinstance(req, SessionsRequest):
