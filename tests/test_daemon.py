@@ -60,6 +60,7 @@ from vizierd.protocol import (
     Reply,
     StatusRequest,
     WatchRequest,
+    Welcome,
     peer_uid,
 )
 
@@ -728,3 +729,15 @@ def test_the_same_session_ingested_at_once_is_counted_once(
     assert saved is not None
     assert saved["outcome"]["token_usage"]["total"] == 3840
     assert saved["outcome"]["token_usage"]["calls"] == 3
+
+
+def test_an_idle_connection_after_hello_is_closed(daemon: Daemon) -> None:
+    daemon.start(extra_env={"VIZIER_IDLE_TIMEOUT": "0.5"})
+    sock = raw_connect(daemon.socket)
+    send(sock, Hello(version=PROTOCOL_VERSION))
+    assert isinstance(receive(sock), Welcome)
+    # Nothing more is sent: the daemon closes the connection by itself.
+    sock.settimeout(15)
+    assert sock.recv(1) == b""
+    sock.close()
+    assert status(daemon.socket)["pid"]

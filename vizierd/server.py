@@ -87,6 +87,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a new connection has to send its hello.
 HELLO_TIMEOUT = 5.0
+#: A connection running no request is closed after this many idle seconds.
+IDLE_TIMEOUT = float(os.environ.get("VIZIER_IDLE_TIMEOUT", "60"))
 #: Connections served at once; more are refused with a Failure.
 MAX_CONNECTIONS = 256
 #: Seconds running requests get to end cleanly when the daemon stops.
@@ -113,6 +115,7 @@ class Server:
         *,
         socket_path: Path,
         hello_timeout: float = HELLO_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         stop_grace: float = STOP_GRACE,
     ) -> None:
@@ -121,6 +124,7 @@ class Server:
         self.ends = ends
         self.socket_path = socket_path
         self.hello_timeout = hello_timeout
+        self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.stop_grace = stop_grace
         self.started_at = datetime.now(UTC)
@@ -243,7 +247,14 @@ class Server:
             return
 
         while True:
-            message = await self._read(conn, reader)
+            # A connection with nothing running must not hold one of the
+            # limited places for ever: idle for IDLE_TIMEOUT, it is closed.
+            idle = self.idle_timeout if not conn.requests else math.inf
+            with anyio.move_on_after(idle) as waiting:
+                message = await self._read(conn, reader)
+            if waiting.cancelled_caught:
+                logger.info("connection %d idle: closed", conn.number)
+                return
             if message is None:
                 return
             if isinstance(message, Failure):
