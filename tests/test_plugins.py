@@ -207,3 +207,47 @@ def test_contrib_budget_guard_warns_once(env: Env) -> None:
     )
     assert result.returncode == 0
     assert result.stderr.count("passed its budget: 32255 tokens (budget 30000)") == 1
+
+
+@pytest.mark.anyio
+async def test_runs_of_one_session_never_overlap_and_are_never_cut(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vizierd import pipeline as pipeline_module
+    from vizierd.errors import SessionBusy
+    from vizierd.events import UsageObserved
+    from vizierd.sessions import SessionHandle, SessionSpec
+
+    wait = 0.01
+    monkeypatch.setattr(pipeline_module, "SAME_SESSION_WAIT", wait)
+    release = anyio.Event()
+    spec = SessionSpec(action="test", source="t", cwd=str(env.project), session_id="s1")
+
+    async def long_run(handle: SessionHandle) -> None:
+        await release.wait()
+        await handle.observe(
+            UsageObserved(
+                source="t", request_id="r", prompt_tokens=1, completion_tokens=1
+            )
+        )
+
+    async def short_run(handle: SessionHandle) -> None:
+        raise AssertionError("must not run while the other run holds the session")
+
+    async with Pipeline("inprocess", env.state, config={}) as pipeline:
+        outcomes = []
+
+        async def first() -> None:
+            outcomes.append(await pipeline.run(spec, long_run))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(SessionBusy):
+                await pipeline.run(spec, short_run)
+            # The first run has now lasted far past the wait: it goes on.
+            await anyio.sleep(wait * 20)
+            release.set()
+    (outcome,) = outcomes
+    assert outcome.status == "ok"
+    assert outcome.token_usage is not None and outcome.token_usage.total == 2

@@ -108,15 +108,22 @@ class Pipeline:
         lock = self._session_locks.setdefault(sid, anyio.Lock())
         self._session_users[sid] = self._session_users.get(sid, 0) + 1
         try:
+            # Only the wait for the other run has a deadline, never the run.
+            acquired = False
             with anyio.move_on_after(SAME_SESSION_WAIT):
-                async with lock:
-                    return await run_session(
-                        self.bus, self.ledger, spec, producer, on_start
-                    )
-            raise SessionBusy(
-                f"session {sid} is being run by another command (a --follow?); "
-                "run this again once that one has ended"
-            )
+                await lock.acquire()
+                acquired = True
+            if not acquired:
+                raise SessionBusy(
+                    f"session {sid} is being run by another command (a "
+                    "--follow?); run this again once that one has ended"
+                )
+            try:
+                return await run_session(
+                    self.bus, self.ledger, spec, producer, on_start
+                )
+            finally:
+                lock.release()
         finally:
             self._session_users[sid] -= 1
             if not self._session_users[sid]:
